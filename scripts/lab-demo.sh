@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The lab demo: two libvirt hosts, real TCG guests, a sample policy, and the reachability it produces,
+# measured with real packets. Leaves the lab running; `.venv/bin/guestward lab down` removes it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+G=.venv/bin/guestward
+$G lab down >/dev/null 2>&1 || true
+$G lab up -f examples/lab/scenario.yaml --policy examples/lab/policy.yaml
+$G lab status
+$G reach
+$G lab probe --all

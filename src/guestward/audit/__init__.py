@@ -1,0 +1,1 @@
+"""guestward.audit: see ARCHITECTURE.md."""

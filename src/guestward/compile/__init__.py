@@ -1,0 +1,1 @@
+"""guestward.compile: see ARCHITECTURE.md."""

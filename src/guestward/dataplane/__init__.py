@@ -1,0 +1,1 @@
+"""guestward.dataplane: see ARCHITECTURE.md."""

@@ -1,0 +1,1 @@
+"""guestward.enforce: see ARCHITECTURE.md."""

@@ -1,0 +1,1 @@
+"""guestward.hypervisor: see ARCHITECTURE.md."""

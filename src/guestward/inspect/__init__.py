@@ -1,0 +1,1 @@
+"""guestward.inspect: see ARCHITECTURE.md."""

@@ -1,0 +1,1 @@
+"""guestward.lab: see ARCHITECTURE.md."""

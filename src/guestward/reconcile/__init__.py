@@ -1,0 +1,1 @@
+"""guestward.reconcile: see ARCHITECTURE.md."""

@@ -1,0 +1,1 @@
+"""guestward.store: see ARCHITECTURE.md."""
