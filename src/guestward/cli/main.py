@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from guestward.cli import lab_cmd, policy_cmd
+
 app = typer.Typer(
     name="guestward",
     help="Security policy that follows libvirt guests: labels in the domain XML, enforced on every vNIC.",
@@ -11,3 +13,5 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+policy_cmd.register(app)
+app.add_typer(lab_cmd.app, name="lab")

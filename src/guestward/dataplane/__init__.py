@@ -1,1 +1,29 @@
-"""guestward.dataplane: see ARCHITECTURE.md."""
+"""Desired state as nftables values; render to one nft JSON transaction; diff against a read-back. Pure.
+
+guestward owns two tables per host and nothing else:
+
+`bridge guestward` (stateless guards on bridge ports; runs before br_netfilter's ip hooks)
+  prerouting -300: `iifname vmap @ports-in`: a known vNIC goes to `src-guard` (its MAC, its declared
+    addresses, ARP/ND for them; marks the packet "from a local vNIC"), an uplink is accepted, any
+    other port is dropped (fail closed).
+  forward -200: `oifname vmap @ports-out`: a packet to a known vNIC must be for one of its addresses
+    (marked "to a local vNIC"), uplinks pass, unknown ports are dropped.
+`inet guestward` (stateful policy, through br_netfilter's conntrack; TESTBED.md 4.1)
+  forward/input 0: established/related pass; a packet from a local vNIC goes through its identity's
+    egress chain (`ip saddr vmap @eg4`), a packet to a local vNIC through the destination's ingress
+    chain (`ip daddr vmap @in4`); both must allow. Identity chains reference one set per selector.
+"""
+
+from guestward.dataplane.diff import diff_objects
+from guestward.dataplane.objects import NftChain, NftObjects, NftSet
+from guestward.dataplane.render import Settings, render_delta, render_plan
+
+__all__ = [
+    "NftChain",
+    "NftObjects",
+    "NftSet",
+    "Settings",
+    "diff_objects",
+    "render_delta",
+    "render_plan",
+]

@@ -1,1 +1,1 @@
-"""guestward.hypervisor: see ARCHITECTURE.md."""
+"""The only part that imports `libvirt`: inventory, labels in `<metadata>`, domain XML."""

@@ -5,7 +5,7 @@ compiled results can be compared and cached.
 """
 
 from guestward.model.inventory import Guest, Host, Interface, Inventory
-from guestward.model.labels import Labels, QUARANTINE_LABEL, label_key_error
+from guestward.model.labels import QUARANTINE_LABEL, Labels, label_key_error
 from guestward.model.selector import Expression, Operator, Selector
 
 __all__ = [

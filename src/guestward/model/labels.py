@@ -33,7 +33,7 @@ def label_value_error(value: str) -> str | None:
 class Labels(Mapping[str, str]):
     """An immutable, hashable label set. Two label sets are equal when they hold the same pairs."""
 
-    __slots__ = ("_items", "_hash")
+    __slots__ = ("_hash", "_items")
 
     def __init__(self, items: Mapping[str, str] | None = None) -> None:
         pairs = tuple(sorted((items or {}).items()))

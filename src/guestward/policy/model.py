@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
+from dataclasses import dataclass, field
+from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
 
 from guestward.model import Selector
@@ -12,7 +12,7 @@ TIERS: tuple[str, ...] = ("quarantine", "platform", "application", "baseline")
 PROTOCOLS: tuple[str, ...] = ("tcp", "udp", "icmp", "icmpv6", "any")
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
     PASS = "pass"
@@ -80,6 +80,7 @@ class Policy:
     rules: tuple[Rule, ...]
     file: str = ""
     line: int = 0
+    source: str = field(default="", compare=False, repr=False)
 
     @property
     def sort_key(self) -> tuple[int, int, str]:

@@ -6,6 +6,7 @@ listing every problem as `file:line: message`. It raises nothing else, whatever 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from ipaddress import ip_network
@@ -252,7 +253,10 @@ def parse_policies(sources: Iterable[tuple[str, str]]) -> list[Policy]:
                 doc = at.build(node)
                 if doc is None:
                     continue
-                policies.append(_policy(doc, at, file))
+                start = text.rfind("\n", 0, node.start_mark.index) + 1
+                source = text[start:node.end_mark.index]
+                policy = _policy(doc, at, file)
+                policies.append(dataclasses.replace(policy, line=node.start_mark.line + 1, source=source))
             except _Invalid as exc:
                 diagnostics.append(Diagnostic(file, exc.line, exc.message))
             except RecursionError:
@@ -261,7 +265,8 @@ def parse_policies(sources: Iterable[tuple[str, str]]) -> list[Policy]:
     for p in policies:
         if p.name in first_by_name:
             f = first_by_name[p.name]
-            diagnostics.append(Diagnostic(p.file, p.line, f"duplicate policy name {p.name!r} (first at {f.file}:{f.line})"))
+            message = f"duplicate policy name {p.name!r} (first at {f.file}:{f.line})"
+            diagnostics.append(Diagnostic(p.file, p.line, message))
         else:
             first_by_name[p.name] = p
     if diagnostics:

@@ -1,1 +1,1 @@
-"""guestward.reconcile: see ARCHITECTURE.md."""
+"""Turning intent into enforced state: the controller (apply, sync) and, later, the event loop."""

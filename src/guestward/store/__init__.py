@@ -1,1 +1,1 @@
-"""guestward.store: see ARCHITECTURE.md."""
+"""Persistence behind one small interface (SQLite, embedded; etcd for fleets comes later)."""

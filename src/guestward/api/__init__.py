@@ -1,0 +1,1 @@
+"""HTTP API, authn, RBAC, audit log, event stream (its own issue)."""

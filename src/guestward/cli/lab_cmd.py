@@ -1,0 +1,138 @@
+"""`guestward lab`: the real test bed (POLICY.md section 4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from guestward.lab.lab import Flow, Lab, LabError
+from guestward.policy import PolicyError, parse_port
+
+app = typer.Typer(help="Real libvirt hosts and QEMU guests on this machine, to try policy with real packets.",
+                  no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+@app.command()
+def up(
+    file: Annotated[Path, typer.Option("-f", "--file", help="scenario file")],
+    policy: Annotated[Path | None, typer.Option("--policy", help="policy file or directory")] = None,
+) -> None:
+    """Start the hosts, boot every guest (QEMU/TCG), and enforce the policy on every host."""
+    lab = Lab()
+    try:
+        with out.status("bringing up the lab (hosts, guests, policy)..."):
+            lab.up(file, policy)
+    except PolicyError as exc:
+        for d in exc.diagnostics:
+            err.print(str(d), highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    except (LabError, ValueError, OSError, RuntimeError) as exc:
+        err.print(f"[red]lab up failed:[/] {exc}", highlight=False)
+        if lab.is_up:
+            err.print("the partial lab is left for inspection; `guestward lab down` removes it")
+        raise typer.Exit(2) from None
+    sc = lab.scenario()
+    out.print(f"lab up: {len(sc.hosts)} hosts, {len(sc.guests)} guests running, policy enforced")
+
+
+@app.command()
+def down() -> None:
+    """Stop everything the lab started and remove what it made."""
+    Lab().down()
+    out.print("lab down")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Hosts and guests of the running lab."""
+    lab = Lab()
+    try:
+        st = lab.status()
+    except LabError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(st, indent=1))
+        return
+    t = Table(title=f"lab in {st['dir']}")
+    for c in ("guest", "host", "address", "labels", "listens on", "vNIC"):
+        t.add_column(c)
+    for g in st["guests"]:
+        t.add_row(g["name"], g["host"], g["address"], ", ".join(f"{k}={v}" for k, v in g["labels"].items()),
+                  " ".join(g["listen"]), g["tap"])
+    out.print(t)
+    hosts = ", ".join(f"{h['name']} ({h['address']})" for h in st["hosts"])
+    out.print(f"hosts: {hosts}; external: {st['external'] or '-'}", highlight=False)
+
+
+@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(guest: str, command: Annotated[list[str], typer.Argument(help="command (after --)")]) -> None:
+    """Run a command inside a guest; its output and exit status are the command's."""
+    try:
+        result = Lab().exec(guest, command)
+    except (LabError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    print(result.output, end="")
+    raise typer.Exit(result.status)
+
+
+@app.command()
+def probe(
+    src: Annotated[str | None, typer.Argument()] = None,
+    dst: Annotated[str | None, typer.Argument()] = None,
+    port: Annotated[str | None, typer.Argument(metavar="PROTO/PORT")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every pair, every port the destination listens on")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Send real packets from SRC to DST and report whether they got through."""
+    lab = Lab()
+    try:
+        if all_:
+            flows = lab.all_flows()
+        else:
+            if not (src and dst and port):
+                raise _fail("give SRC DST PROTO/PORT, or --all")
+            flows = [Flow(src, dst, parse_port(port))]
+        results = lab.probe(flows)
+    except (LabError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps([{"src": f.src, "dst": f.dst, "port": str(f.port),
+                           "verdict": "allowed" if ok else "blocked"} for f, ok in results.items()], indent=1))
+    elif not all_:
+        (f, ok), = results.items()
+        print(f"{f}: {'allowed' if ok else 'blocked'}")
+    else:
+        _matrix(results)
+    if not all_:
+        raise typer.Exit(0 if next(iter(results.values())) else 1)
+
+
+def _matrix(results: dict[Flow, bool]) -> None:
+    ends = sorted({f.src for f in results} | {f.dst for f in results}, key=lambda e: (e == "external", e))
+    t = Table(title="measured with real packets (rows: from, columns: to; green = echo came back)",
+              show_lines=True)
+    t.add_column("from \\ to", style="bold")
+    for d in ends:
+        t.add_column(d)
+    for s in ends:
+        cells = []
+        for d in ends:
+            flows = sorted((f for f in results if f.src == s and f.dst == d), key=lambda f: str(f.port))
+            cells.append("\n".join(f"[green]✓ {f.port}[/]" if results[f] else f"[red]✗ {f.port}[/]" for f in flows)
+                         or "[dim]·[/]")
+        t.add_row(s, *cells)
+    out.print(t)
+    allowed = sum(results.values())
+    out.print(f"{len(results)} flows probed: {allowed} allowed, {len(results) - allowed} blocked")

@@ -1,0 +1,193 @@
+"""`guestward apply`, `explain`, `reach`, `policies`: policy in, verdicts out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from guestward.compile import Decision, Endpoint, decide
+from guestward.compile.evaluate import IPAddress
+from guestward.model import Guest, Inventory
+from guestward.policy import PolicyError, PortRange, parse_port
+from guestward.reconcile.controller import Controller, read_sources
+from guestward.store.config import LAB_DIR, ConfigError, load_config
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", help="guestward config file")]
+
+
+def controller(config: str | None) -> Controller:
+    try:
+        return Controller(load_config(config))
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+def lab_external() -> IPAddress | None:
+    """The lab's `external` address, when a lab is up (so `external` works as an endpoint name)."""
+    state = LAB_DIR / "state.json"
+    if state.exists():
+        ext = json.loads(state.read_text())["scenario"].get("external")
+        return ip_address(ext) if ext else None
+    return None
+
+
+def resolve(name: str, inventory: Inventory) -> tuple[Endpoint, Guest | None]:
+    """A guest name, an address (owned by a guest or not), or `external` -> an endpoint of a flow."""
+    guest = inventory.guest(name)
+    if guest is None:
+        if name == "external":
+            addr = lab_external()
+            if addr is None:
+                raise fail("`external` names the lab's external address, and no lab with one is up")
+        else:
+            try:
+                addr = ip_address(name)
+            except ValueError:
+                raise fail(f"unknown endpoint {name!r}: a guest name, an address or external") from None
+        owners = [g for g in inventory.guests if g.active and addr in g.addresses]
+        if len(owners) == 1:
+            return Endpoint(addr, owners[0].labels, name), owners[0]
+        return Endpoint(addr, None, name), None
+    if not guest.addresses:
+        raise fail(f"guest {name} has no declared address")
+    return Endpoint(guest.addresses[0], guest.labels, name), guest
+
+
+def flow_verdict(ctl: Controller, src: str, dst: str, port: PortRange) -> tuple[Decision, str]:
+    inventory = ctl.inventory()
+    policies = ctl.policies()
+    s, sg = resolve(src, inventory)
+    d, dg = resolve(dst, inventory)
+    for name, g in ((src, sg), (dst, dg)):
+        if g is not None and not g.active:
+            return Decision(False, reason=f"{name} is not running"), ""
+    state = ctl.compiled(policies)
+    for name, end in ((src, s), (dst, d)):
+        if any(c.address == end.address for c in state.conflicts):
+            return Decision(False, reason=f"{name}: address {end.address} is claimed twice: no traffic"), ""
+    return decide(policies, s, d, port.protocol, port.first), ""
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def apply(
+        file: Annotated[Path, typer.Option("-f", "--file", help="policy file or directory")],
+        replace: Annotated[bool, typer.Option("--replace", help="the files are the whole policy set")] = False,
+        config: ConfigOpt = None,
+    ) -> None:
+        """Validate and install policies (all or nothing); enforce them on every host."""
+        ctl = controller(config)
+        try:
+            report = ctl.apply(read_sources(file), replace_all=replace)
+        except PolicyError as exc:
+            for d in exc.diagnostics:
+                err.print(str(d), highlight=False, markup=False)
+            err.print(f"rejected: {len(exc.diagnostics)} error(s); nothing was applied", highlight=False)
+            raise typer.Exit(2) from None
+        except FileNotFoundError as exc:
+            raise fail(str(exc)) from None
+        changed = ", ".join(f"{h}: {n} change(s)" for h, n in sorted(report.commands.items()))
+        out.print(f"applied {len(report.policies)} policies ({', '.join(report.policies)}); {changed}",
+                  highlight=False)
+        for c in report.conflicts:
+            err.print(f"[yellow]conflict:[/] {c}", highlight=False)
+
+    @app.command()
+    def policies(config: ConfigOpt = None) -> None:
+        """List the installed policies in evaluation order."""
+        ctl = controller(config)
+        table = Table("tier", "order", "policy", "rules", "source")
+        for p in sorted(ctl.policies(), key=lambda p: p.sort_key):
+            table.add_row(p.tier, str(p.order), p.name, str(len(p.rules)), f"{p.file}:{p.line}")
+        out.print(table)
+
+    @app.command()
+    def explain(
+        src: str, dst: str,
+        port: Annotated[str, typer.Argument(metavar="PROTO/PORT", help="tcp/443, udp/53, icmp")],
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+        config: ConfigOpt = None,
+    ) -> None:
+        """The verdict for one flow, from compiled policy, and the rule that decided it."""
+        try:
+            p = parse_port(port)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        if p.protocol == "any" or p.first != p.last:
+            raise fail("explain takes one flow: tcp/PORT, udp/PORT, icmp or icmpv6")
+        ctl = controller(config)
+        decision, _ = flow_verdict(ctl, src, dst, p)
+        verdict = "allowed" if decision.allowed else "blocked"
+        if as_json:
+            print(json.dumps({"src": src, "dst": dst, "port": str(p), "verdict": verdict, "tier": decision.tier,
+                              "policy": decision.policy, "rule": decision.rule, "reason": decision.reason}))
+        else:
+            print(f"{src} -> {dst} {p}: {verdict}")
+            if decision.rule is not None:
+                print(f"  tier: {decision.tier}\n  policy: {decision.policy}\n  rule: {decision.rule}")
+            else:
+                print(f"  {decision.reason}")
+        raise typer.Exit(0 if decision.allowed else 1)
+
+    @app.command()
+    def reach(
+        ports: Annotated[str | None, typer.Option("--ports", help="comma-separated, e.g. tcp/80,icmp")] = None,
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+        config: ConfigOpt = None,
+    ) -> None:
+        """The reachability matrix between running guests, from compiled policy."""
+        ctl = controller(config)
+        inventory = ctl.inventory()
+        policies = ctl.policies()
+        if ports:
+            try:
+                vocab = [parse_port(x) for x in ports.split(",")]
+            except ValueError as exc:
+                raise fail(str(exc)) from None
+        else:
+            vocab = sorted({PortRange(p.protocol, p.first, p.first) for pol in policies for r in pol.rules
+                            for p in r.ports if p.protocol in ("tcp", "udp")} | {PortRange("icmp")})
+        guests = sorted((g for g in inventory.guests if g.active and g.addresses), key=lambda g: g.name)
+        matrix: dict[str, dict[str, list[str]]] = {}
+        for s in guests:
+            for d in guests:
+                if s is d:
+                    continue
+                se = Endpoint(s.addresses[0], s.labels, s.name)
+                de = Endpoint(d.addresses[0], d.labels, d.name)
+                allowed = [str(p) for p in vocab if decide(policies, se, de, p.protocol, p.first).allowed]
+                matrix.setdefault(s.name, {})[d.name] = allowed
+        if as_json:
+            print(json.dumps(matrix, indent=1))
+            return
+        table = Table(title="reachability (rows: from, columns: to)", show_lines=True)
+        table.add_column("from \\ to", style="bold")
+        for d in guests:
+            table.add_column(d.name)
+        for s in guests:
+            cells = []
+            for d in guests:
+                if s is d:
+                    cells.append("[dim]·[/]")
+                else:
+                    allowed = matrix[s.name][d.name]
+                    cells.append("[green]" + "\n".join(allowed) + "[/]" if allowed else "[red]-[/]")
+            table.add_row(s.name, *cells)
+        out.print(table)
+        sys.stdout.flush()

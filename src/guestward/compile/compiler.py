@@ -1,0 +1,401 @@
+"""The compiler: from inventory and policies to per-host plans, from scratch or one guest at a time.
+
+Invariants (checked by property tests):
+- the result does not depend on the order of policies, rules' policies, or guests;
+- after any sequence of `upsert_guest`/`remove_guest`, `state()` equals `compile_state` of the same
+  inputs, and the returned `HostDelta`s replayed on the previous state give the new state;
+- an address claimed by two active guests belongs to neither (fail closed) and is reported.
+
+Cost of one guest change: proportional to its addresses, the distinct selectors in the policy set,
+and the other guests claiming its addresses; independent of the number of guests.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from guestward.compile.chains import identity_chains
+from guestward.compile.plan import (
+    QUARANTINE_SET,
+    ChainPlan,
+    CompiledState,
+    Conflict,
+    HostPlan,
+    IPAddress,
+    VnicBinding,
+    identity_id,
+)
+from guestward.model import QUARANTINE_LABEL, Guest, Host, Inventory, Labels, Selector
+from guestward.policy import CidrPeer, GuestsPeer, Policy
+
+_MISSING = object()
+
+
+@dataclass
+class HostDelta:
+    """What changed on one host. `None` values mean removed."""
+
+    vnics: dict[str, VnicBinding | None] = field(default_factory=dict)
+    dispatch: dict[IPAddress, str | None] = field(default_factory=dict)
+    chains: dict[str, ChainPlan | None] = field(default_factory=dict)
+    sets_added: dict[str, frozenset[IPAddress]] = field(default_factory=dict)
+    sets_removed: set[str] = field(default_factory=set)
+    elements_added: dict[str, set[IPAddress]] = field(default_factory=dict)
+    elements_removed: dict[str, set[IPAddress]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return any((self.vnics, self.dispatch, self.chains, self.sets_added, self.sets_removed,
+                    self.elements_added, self.elements_removed))
+
+    def apply_to(self, plan: HostPlan) -> None:
+        """Replay this delta on a plan (used by tests to check deltas against from-scratch results)."""
+        for port, b in self.vnics.items():
+            _put(plan.vnics, port, b)
+        for addr, ident in self.dispatch.items():
+            _put(plan.dispatch, addr, ident)
+        for name, chain in self.chains.items():
+            _put(plan.chains, name, chain)
+        for d in self.sets_removed:
+            plan.sets.pop(d, None)
+        plan.sets.update(self.sets_added)
+        for d, add in self.elements_added.items():
+            plan.sets[d] = plan.sets[d] | add
+        for d, rm in self.elements_removed.items():
+            plan.sets[d] = plan.sets[d] - rm
+
+
+def _put(d: dict, key: object, value: object) -> None:  # type: ignore[type-arg]
+    if value is None:
+        d.pop(key, None)
+    else:
+        d[key] = value
+
+
+def policy_selectors(policies: Iterable[Policy]) -> dict[str, Selector]:
+    """Every distinct selector of the policy set, plus the quarantine selector, by digest."""
+    out: dict[str, Selector] = {QUARANTINE_SET: Selector.of(dict([QUARANTINE_LABEL]))}
+    for p in policies:
+        for r in p.rules:
+            for peer in (r.source, r.destination):
+                if isinstance(peer, GuestsPeer):
+                    out[peer.selector.digest] = peer.selector
+    return out
+
+
+class _HostState:
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.vnics: dict[str, VnicBinding] = {}
+        self.dispatch: dict[IPAddress, str] = {}
+        self.ident_refs: Counter[str] = Counter()
+        self.chains: dict[str, ChainPlan] = {}
+        self.set_refs: Counter[str] = Counter()
+        self.sets: dict[str, set[IPAddress]] = {}
+
+
+class Compiler:
+    """Holds the inputs and the compiled result, and updates the result one guest at a time."""
+
+    def __init__(self, hosts: Iterable[Host], policies: Iterable[Policy] = ()) -> None:
+        self._host_defs = {h.name: h for h in hosts}
+        self._guests: dict[str, Guest] = {}
+        self._claims: dict[IPAddress, set[str]] = {}
+        self.set_policies(list(policies))
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def set_policies(self, policies: list[Policy]) -> dict[str, HostDelta]:
+        """Replace the policy set. Recompiles everything; returns the per-host deltas."""
+        before = self.state() if hasattr(self, "_hosts") else None
+        self._policies = sorted(policies, key=lambda p: p.sort_key)
+        self._selectors = policy_selectors(self._policies)
+        self._chain_cache: dict[Labels, dict[str, ChainPlan]] = {}
+        self._members: dict[str, set[IPAddress]] = {d: set() for d in self._selectors}
+        self._hosts = {name: _HostState(h) for name, h in self._host_defs.items()}
+        self._contrib: dict[str, _Contribution] = {}
+        self._begin()
+        for uuid in sorted(self._guests):
+            self._add(self._guests[uuid])
+        self._end()
+        after = self.state()
+        return {h: diff_plans(before.hosts[h] if before else HostPlan(h), after.hosts[h]) for h in after.hosts}
+
+    def upsert_guest(self, guest: Guest) -> dict[str, HostDelta]:
+        """Add or replace one guest (by uuid). Returns only what changed, per host."""
+        old = self._guests.get(guest.uuid)
+        return self._change(old, guest)
+
+    def remove_guest(self, uuid: str) -> dict[str, HostDelta]:
+        old = self._guests.get(uuid)
+        if old is None:
+            return {}
+        return self._change(old, None)
+
+    # -- outputs ----------------------------------------------------------------------------------
+
+    def state(self) -> CompiledState:
+        hosts = {
+            name: HostPlan(
+                host=name,
+                uplinks=frozenset(hs.host.uplinks),
+                vnics=dict(hs.vnics),
+                dispatch=dict(hs.dispatch),
+                chains=dict(hs.chains),
+                sets={d: frozenset(m) for d, m in hs.sets.items()},
+            )
+            for name, hs in self._hosts.items()
+        }
+        conflicts = tuple(sorted(
+            Conflict(a, tuple(sorted(self._guests[u].name for u in uuids)))
+            for a, uuids in self._claims.items() if len(uuids) > 1
+        ))
+        identities = {identity_id(g.labels): g.labels for g in self._guests.values() if g.active}
+        return CompiledState(hosts, conflicts, dict(sorted(identities.items())))
+
+    @property
+    def policies(self) -> list[Policy]:
+        return list(self._policies)
+
+    @property
+    def guests(self) -> list[Guest]:
+        return [self._guests[u] for u in sorted(self._guests)]
+
+    # -- incremental machinery ---------------------------------------------------------------------
+
+    def _change(self, old: Guest | None, new: Guest | None) -> dict[str, HostDelta]:
+        addrs = set(old.addresses if old and old.active else ()) | set(new.addresses if new and new.active else ())
+        affected = {u for a in addrs for u in self._claims.get(a, ())}
+        affected |= {g.uuid for g in (old, new) if g is not None}
+        self._begin()
+        for uuid in sorted(affected):
+            if uuid in self._guests:
+                self._remove(self._guests[uuid])
+        if new is None:
+            assert old is not None
+            self._guests.pop(old.uuid, None)
+        else:
+            self._guests[new.uuid] = new
+        for uuid in sorted(affected):
+            if uuid in self._guests:
+                self._add(self._guests[uuid])
+        return self._end()
+
+    def _claim(self, g: Guest, sign: int) -> None:
+        if not g.active:
+            return
+        for a in set(g.addresses):
+            claimants = self._claims.setdefault(a, set())
+            if sign > 0:
+                claimants.add(g.uuid)
+            else:
+                claimants.discard(g.uuid)
+                if not claimants:
+                    del self._claims[a]
+
+    def _owned(self, g: Guest, addresses: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
+        return tuple(a for a in addresses if self._claims.get(a) == {g.uuid})
+
+    def _add(self, g: Guest) -> None:
+        self._claim(g, +1)
+        if not g.active:
+            self._contrib[g.uuid] = _Contribution()
+            return
+        # Ownership of every address of this guest is final only once all affected guests have
+        # claimed, so contributions are computed lazily in _end().
+        self._pending.add(g.uuid)
+
+    def _remove(self, g: Guest) -> None:
+        c = self._contrib.pop(g.uuid, None)
+        if c is not None:
+            self._withdraw(g, c)
+        self._pending.discard(g.uuid)
+        self._claim(g, -1)
+
+    def _contribute(self, g: Guest) -> None:
+        c = _Contribution()
+        hs = self._hosts.get(g.host)
+        owned = self._owned(g, g.addresses)
+        c.owned = owned
+        c.selectors = tuple(d for d, s in self._selectors.items() if s.matches(g.labels))
+        for d in c.selectors:
+            for a in owned:
+                self._member(d, a, +1)
+        if hs is not None:
+            ident = identity_id(g.labels)
+            for nic in g.interfaces:
+                if nic.port is None:
+                    continue
+                nic_owned = self._owned(g, nic.addresses)
+                self._set_vnic(hs, nic.port, VnicBinding(nic.port, nic.mac, g.name, ident, nic_owned))
+                for a in nic_owned:
+                    self._set_dispatch(hs, a, ident)
+                c.ports.append(nic.port)
+            if c.ports:
+                c.ident = ident
+                self._ref_identity(hs, g.labels, ident, +1)
+        self._contrib[g.uuid] = c
+
+    def _withdraw(self, g: Guest, c: _Contribution) -> None:
+        for d in c.selectors:
+            for a in c.owned:
+                self._member(d, a, -1)
+        hs = self._hosts.get(g.host)
+        if hs is None:
+            return
+        for port in c.ports:
+            binding = hs.vnics.get(port)
+            if binding is not None and binding.guest == g.name:
+                for a in binding.addresses:
+                    if hs.dispatch.get(a) == binding.identity:
+                        self._set_dispatch(hs, a, None)
+                self._set_vnic(hs, port, None)
+        if c.ident is not None:
+            self._ref_identity(hs, g.labels, c.ident, -1)
+
+    # -- tracked primitives: every change goes through these, so deltas fall out -------------------
+
+    def _begin(self) -> None:
+        self._pending: set[str] = set()
+        self._orig_vnics: dict[tuple[str, str], object] = {}
+        self._orig_dispatch: dict[tuple[str, IPAddress], object] = {}
+        self._orig_chains: dict[tuple[str, str], object] = {}
+        self._orig_sets: dict[tuple[str, str], bool] = {}
+        self._orig_elems: dict[tuple[str, str], dict[IPAddress, bool]] = {}
+
+    def _end(self) -> dict[str, HostDelta]:
+        for uuid in sorted(self._pending):
+            self._contribute(self._guests[uuid])
+        self._pending.clear()
+        deltas: dict[str, HostDelta] = {}
+
+        def delta(host: str) -> HostDelta:
+            return deltas.setdefault(host, HostDelta())
+
+        for (h, port), orig in self._orig_vnics.items():
+            now = self._hosts[h].vnics.get(port)
+            if now != (None if orig is _MISSING else orig):
+                delta(h).vnics[port] = now
+        for (h, addr), orig in self._orig_dispatch.items():
+            now_i = self._hosts[h].dispatch.get(addr)
+            if now_i != (None if orig is _MISSING else orig):
+                delta(h).dispatch[addr] = now_i
+        for (h, name), orig in self._orig_chains.items():
+            now_c = self._hosts[h].chains.get(name)
+            if now_c != (None if orig is _MISSING else orig):
+                delta(h).chains[name] = now_c
+        for (h, d), was in self._orig_sets.items():
+            present = d in self._hosts[h].sets
+            if present and not was:
+                delta(h).sets_added[d] = frozenset(self._hosts[h].sets[d])
+            elif was and not present:
+                delta(h).sets_removed.add(d)
+        for (h, d), elems in self._orig_elems.items():
+            if self._orig_sets.get((h, d), True) is False or d not in self._hosts[h].sets:
+                continue  # added or removed whole
+            members = self._hosts[h].sets[d]
+            for a, was_in in elems.items():
+                if (a in members) != was_in:
+                    bucket = delta(h).elements_added if a in members else delta(h).elements_removed
+                    bucket.setdefault(d, set()).add(a)
+        return {h: d for h, d in deltas.items() if d}
+
+    def _set_vnic(self, hs: _HostState, port: str, binding: VnicBinding | None) -> None:
+        self._orig_vnics.setdefault((hs.host.name, port), hs.vnics.get(port, _MISSING))
+        _put(hs.vnics, port, binding)
+
+    def _set_dispatch(self, hs: _HostState, addr: IPAddress, ident: str | None) -> None:
+        self._orig_dispatch.setdefault((hs.host.name, addr), hs.dispatch.get(addr, _MISSING))
+        _put(hs.dispatch, addr, ident)
+
+    def _chains_for(self, labels: Labels, ident: str) -> dict[str, ChainPlan]:
+        chains = self._chain_cache.get(labels)
+        if chains is None:
+            chains = identity_chains(self._policies, labels, ident)
+            self._chain_cache[labels] = chains
+        return chains
+
+    def _ref_identity(self, hs: _HostState, labels: Labels, ident: str, sign: int) -> None:
+        before = hs.ident_refs[ident]
+        hs.ident_refs[ident] += sign
+        if hs.ident_refs[ident] <= 0:
+            del hs.ident_refs[ident]
+        if (before == 0) == (sign > 0):  # 0 -> 1 or 1 -> 0
+            for name, chain in self._chains_for(labels, ident).items():
+                self._orig_chains.setdefault((hs.host.name, name), hs.chains.get(name, _MISSING))
+                _put(hs.chains, name, chain if sign > 0 else None)
+                for d in chain.referenced_sets:
+                    self._ref_set(hs, d, sign)
+
+    def _ref_set(self, hs: _HostState, digest: str, sign: int) -> None:
+        key = (hs.host.name, digest)
+        self._orig_sets.setdefault(key, digest in hs.sets)
+        hs.set_refs[digest] += sign
+        if hs.set_refs[digest] <= 0:
+            del hs.set_refs[digest]
+            hs.sets.pop(digest, None)
+        elif digest not in hs.sets:
+            hs.sets[digest] = set(self._members.get(digest, ()))
+
+    def _member(self, digest: str, addr: IPAddress, sign: int) -> None:
+        members = self._members.setdefault(digest, set())
+        if sign > 0:
+            members.add(addr)
+        else:
+            members.discard(addr)
+        for hs in self._hosts.values():
+            s = hs.sets.get(digest)
+            if s is None:
+                continue
+            self._orig_elems.setdefault((hs.host.name, digest), {}).setdefault(addr, addr in s)
+            if sign > 0:
+                s.add(addr)
+            else:
+                s.discard(addr)
+
+
+@dataclass
+class _Contribution:
+    owned: tuple[IPAddress, ...] = ()
+    selectors: tuple[str, ...] = ()
+    ports: list[str] = field(default_factory=list)
+    ident: str | None = None
+
+
+def compile_state(inventory: Inventory, policies: Iterable[Policy]) -> CompiledState:
+    """Compile from scratch."""
+    compiler = Compiler(inventory.hosts, policies)
+    for g in inventory.guests:
+        compiler.upsert_guest(g)
+    return compiler.state()
+
+
+def diff_plans(old: HostPlan, new: HostPlan) -> HostDelta:
+    """The delta that turns `old` into `new` (full comparison)."""
+    d = HostDelta()
+    for port in old.vnics.keys() | new.vnics.keys():
+        if old.vnics.get(port) != new.vnics.get(port):
+            d.vnics[port] = new.vnics.get(port)
+    for addr in old.dispatch.keys() | new.dispatch.keys():
+        if old.dispatch.get(addr) != new.dispatch.get(addr):
+            d.dispatch[addr] = new.dispatch.get(addr)
+    for name in old.chains.keys() | new.chains.keys():
+        if old.chains.get(name) != new.chains.get(name):
+            d.chains[name] = new.chains.get(name)
+    for s in old.sets.keys() - new.sets.keys():
+        d.sets_removed.add(s)
+    for s in new.sets.keys() - old.sets.keys():
+        d.sets_added[s] = new.sets[s]
+    for s in old.sets.keys() & new.sets.keys():
+        if add := new.sets[s] - old.sets[s]:
+            d.elements_added[s] = set(add)
+        if rm := old.sets[s] - new.sets[s]:
+            d.elements_removed[s] = set(rm)
+    return d
+
+
+def cidr_networks(policies: Iterable[Policy]) -> set[object]:
+    """Every prefix named by a cidr peer (for reporting)."""
+    return {n for p in policies for r in p.rules for peer in (r.source, r.destination)
+            if isinstance(peer, CidrPeer) for n in peer.networks}

@@ -1,0 +1,306 @@
+"""HostPlan -> nftables objects (see the package docstring for the layout), and deltas -> commands."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from typing import Any
+
+from guestward.compile.compiler import HostDelta
+from guestward.compile.plan import EGRESS, ChainPlan, HostPlan, PlannedRule, VnicBinding
+from guestward.dataplane.diff import diff_objects
+from guestward.dataplane.objects import NftChain, NftObjects, NftRule, NftSet
+
+BR, INET = "bridge", "inet"
+ND_TYPES = ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Packet-mark bits guestward uses to carry "from/to a local vNIC" from the bridge to the inet hooks."""
+
+    egress_mark: int = 0x10000000
+    ingress_mark: int = 0x20000000
+
+
+# -- expression helpers -------------------------------------------------------------------------------
+
+def _meta(key: str) -> dict[str, Any]:
+    return {"meta": {"key": key}}
+
+
+def _pl(proto: str, field: str) -> dict[str, Any]:
+    return {"payload": {"protocol": proto, "field": field}}
+
+
+def _m(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _concat(*items: Any) -> dict[str, Any]:
+    return {"concat": list(items)}
+
+
+def _mark_or(bits: int) -> dict[str, Any]:
+    return {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), bits]}}}
+
+
+def _mark_has(bits: int, present: bool = True) -> dict[str, Any]:
+    return _m({"&": [_meta("mark"), bits]}, bits if present else 0)
+
+
+def _verdict(v: str) -> dict[str, Any]:
+    if v.startswith("goto:"):
+        return {"goto": {"target": v[5:]}}
+    if v.startswith("jump:"):
+        return {"jump": {"target": v[5:]}}
+    return {v: None}
+
+
+COUNTER: dict[str, Any] = {"counter": None}
+
+
+def _rule(label: str, *expr: Any) -> NftRule:
+    """A rule whose comment names it and carries a digest of its expressions (how diffs compare rules)."""
+    digest = hashlib.sha1(json.dumps(expr, sort_keys=True).encode()).hexdigest()[:10]
+    comment = f"{label[:100]} #{digest}"
+    return NftRule(tuple(expr), comment)
+
+
+def _prefixes(nets: Iterable[IPv4Network | IPv6Network]) -> dict[str, Any]:
+    return {"set": [{"prefix": {"addr": str(n.network_address), "len": n.prefixlen}} for n in nets]}
+
+
+def set_name(digest: str, version: int) -> str:
+    return f"s-{digest}-{version}"
+
+
+# -- the fixed skeleton --------------------------------------------------------------------------------
+
+def skeleton(settings: Settings) -> NftObjects:
+    """Every object that does not depend on the plan: sets, maps and base chains."""
+    eg, ing = settings.egress_mark, settings.ingress_mark
+    o = NftObjects()
+    o.add_set(NftSet(BR, "ports-in", ("ifname",), "verdict"))
+    o.add_set(NftSet(BR, "ports-out", ("ifname",), "verdict"))
+    o.add_set(NftSet(BR, "macs", ("ifname", "ether_addr")))
+    o.add_set(NftSet(BR, "bind4", ("ifname", "ether_addr", "ipv4_addr")))
+    o.add_set(NftSet(BR, "bind6", ("ifname", "ether_addr", "ipv6_addr")))
+    o.add_set(NftSet(BR, "dst4", ("ifname", "ipv4_addr")))
+    o.add_set(NftSet(BR, "dst6", ("ifname", "ipv6_addr")))
+    for name, t in (("eg4", "ipv4_addr"), ("in4", "ipv4_addr"), ("eg6", "ipv6_addr"), ("in6", "ipv6_addr")):
+        o.add_set(NftSet(INET, name, (t,), "verdict"))
+
+    iif, oif, esrc = _meta("iifname"), _meta("oifname"), _pl("ether", "saddr")
+    etype = _pl("ether", "type")
+    o.add_chain(NftChain(BR, "prerouting", (
+        _rule("dispatch: vNIC -> src-guard, uplink -> accept", {"vmap": {"key": iif, "data": "@ports-in"}}),
+        _rule("unknown port: fail closed", COUNTER, {"drop": None}),
+    ), hook="prerouting", priority=-300))
+    o.add_chain(NftChain(BR, "src-guard", (
+        _rule("spoof: MAC not bound to this vNIC", _m(_concat(iif, esrc), "@macs", "!="), COUNTER, {"drop": None}),
+        _rule("arp: sender bound to this vNIC", _m(etype, "arp"),
+              _m(_concat(iif, _pl("arp", "saddr ether"), _pl("arp", "saddr ip")), "@bind4"), {"accept": None}),
+        _rule("spoof: arp", _m(etype, "arp"), COUNTER, {"drop": None}),
+        _rule("ipv4: source bound to this vNIC", _m(etype, "ip"),
+              _m(_concat(iif, esrc, _pl("ip", "saddr")), "@bind4"), _mark_or(eg), {"accept": None}),
+        _rule("ipv6: source bound to this vNIC", _m(etype, "ip6"),
+              _m(_concat(iif, esrc, _pl("ip6", "saddr")), "@bind6"), _mark_or(eg), {"accept": None}),
+        _rule("ipv6 nd: link-local solicitations and adverts", _m(etype, "ip6"),
+              _m(_pl("ip6", "saddr"), {"set": [{"prefix": {"addr": "fe80::", "len": 10}}, "::"]}),
+              _m(_pl("icmpv6", "type"), {"set": ND_TYPES[:2]}), {"accept": None}),
+        _rule("spoof: source address not bound, or not ip/arp", COUNTER, {"drop": None}),
+    )))
+    o.add_chain(NftChain(BR, "forward", (
+        _rule("dispatch: vNIC -> dst-guard, uplink -> accept", {"vmap": {"key": oif, "data": "@ports-out"}}),
+        _rule("unknown port: fail closed", COUNTER, {"drop": None}),
+    ), hook="forward", priority=-200))
+    o.add_chain(NftChain(BR, "dst-guard", (
+        _rule("arp to a vNIC", _m(etype, "arp"), {"accept": None}),
+        _rule("ipv4 to an address of this vNIC", _m(etype, "ip"),
+              _m(_concat(oif, _pl("ip", "daddr")), "@dst4"), _mark_or(ing), {"accept": None}),
+        _rule("ipv6 to an address of this vNIC", _m(etype, "ip6"),
+              _m(_concat(oif, _pl("ip6", "daddr")), "@dst6"), _mark_or(ing), {"accept": None}),
+        _rule("ipv6 nd to a vNIC", _m(etype, "ip6"), _m(_pl("icmpv6", "type"), {"set": ND_TYPES}),
+              {"accept": None}),
+        _rule("not for this vNIC's addresses", COUNTER, {"drop": None}),
+    )))
+
+    def egress_dispatch(hook: str) -> tuple[NftRule, ...]:
+        return (
+            _rule(f"{hook}: not a local vNIC's traffic", _mark_has(eg | ing, False), {"accept": None}),
+            _rule(f"{hook}: replies and related", _m({"ct": {"key": "state"}}, ["established", "related"], "in"),
+                  {"accept": None}),
+            _rule(f"{hook}: invalid", _m({"ct": {"key": "state"}}, "invalid", "in"), COUNTER, {"drop": None}),
+            _rule(f"{hook}: ipv6 neighbour discovery (link scope; sources checked at the bridge)",
+                  _m(_meta("l4proto"), "ipv6-icmp"), _m(_pl("icmpv6", "type"), {"set": ND_TYPES}),
+                  {"accept": None}),
+            _rule(f"{hook}: egress of the sender's identity (v4)", _mark_has(eg), _m(_meta("nfproto"), "ipv4"),
+                  {"vmap": {"key": _pl("ip", "saddr"), "data": "@eg4"}}),
+            _rule(f"{hook}: egress of the sender's identity (v6)", _mark_has(eg), _m(_meta("nfproto"), "ipv6"),
+                  {"vmap": {"key": _pl("ip6", "saddr"), "data": "@eg6"}}),
+            _rule(f"{hook}: sender without identity: fail closed", _mark_has(eg), COUNTER, {"drop": None}),
+            _rule(f"{hook}: to ingress", {"goto": {"target": "ingress"}}),
+        )
+
+    o.add_chain(NftChain(INET, "forward", egress_dispatch("forward"), hook="forward", priority=0))
+    o.add_chain(NftChain(INET, "input", egress_dispatch("input"), hook="input", priority=0))
+    o.add_chain(NftChain(INET, "ingress", (
+        _rule("ingress: not to a local vNIC", _mark_has(ing, False), {"accept": None}),
+        _rule("ingress of the receiver's identity (v4)", _m(_meta("nfproto"), "ipv4"),
+              {"vmap": {"key": _pl("ip", "daddr"), "data": "@in4"}}),
+        _rule("ingress of the receiver's identity (v6)", _m(_meta("nfproto"), "ipv6"),
+              {"vmap": {"key": _pl("ip6", "daddr"), "data": "@in6"}}),
+        _rule("receiver without identity: fail closed", COUNTER, {"drop": None}),
+    )))
+    return o
+
+
+# -- plan parts -> objects ------------------------------------------------------------------------------
+
+def vnic_elements(b: VnicBinding) -> dict[tuple[str, str], list[Any]]:
+    """The bridge-table elements one vNIC binding contributes (per set/map)."""
+    v4 = [a for a in b.addresses if isinstance(a, IPv4Address)]
+    v6 = [a for a in b.addresses if not isinstance(a, IPv4Address)]
+    return {
+        (BR, "ports-in"): [(b.port, "goto:src-guard")],
+        (BR, "ports-out"): [(b.port, "goto:dst-guard")],
+        (BR, "macs"): [(b.port, b.mac)],
+        (BR, "bind4"): [(b.port, b.mac, str(a)) for a in v4],
+        (BR, "bind6"): [(b.port, b.mac, str(a)) for a in v6],
+        (BR, "dst4"): [(b.port, str(a)) for a in v4],
+        (BR, "dst6"): [(b.port, str(a)) for a in v6],
+    }
+
+
+def uplink_elements(port: str) -> dict[tuple[str, str], list[Any]]:
+    return {(BR, "ports-in"): [(port, "accept")], (BR, "ports-out"): [(port, "accept")]}
+
+
+def dispatch_elements(addr: Any, ident: str) -> dict[tuple[str, str], list[Any]]:
+    v = 4 if isinstance(addr, IPv4Address) else 6
+    return {(INET, f"eg{v}"): [(str(addr), f"goto:eg-{ident}")],
+            (INET, f"in{v}"): [(str(addr), f"goto:in-{ident}")]}
+
+
+def _port_matches(rule: PlannedRule, version: int) -> list[list[dict[str, Any]]]:
+    """One list of port/protocol matches per nft rule needed (empty inner list: any protocol)."""
+    ports = rule.match.ports
+    if not ports or any(p.protocol == "any" for p in ports):
+        return [[]]
+    out: list[list[dict[str, Any]]] = []
+    for proto in ("tcp", "udp"):
+        ranges = [p for p in ports if p.protocol == proto]
+        if ranges:
+            items = [p.first if p.first == p.last else {"range": [p.first, p.last]} for p in ranges]
+            out.append([_m(_pl(proto, "dport"), {"set": items})])
+    if version == 4 and any(p.protocol == "icmp" for p in ports):
+        out.append([_m(_meta("l4proto"), "icmp")])
+    if version == 6 and any(p.protocol == "icmpv6" for p in ports):
+        out.append([_m(_meta("l4proto"), "ipv6-icmp")])
+    return out
+
+
+def chain_object(chain: ChainPlan, settings: Settings) -> NftChain:
+    egress = chain.direction == EGRESS
+    rules: list[NftRule] = []
+    for pr in chain.rules:
+        label = f"{pr.tier}/{pr.policy}/{pr.rule}" if pr.rule else "quarantine detour"
+        verdict = pr.verdict
+        if verdict == "allow":
+            verdict = "goto:ingress" if egress else "accept"
+        elif verdict == "deny":
+            verdict = "drop"
+        for version, family in ((4, "ip"), (6, "ip6")):
+            own, other = ("saddr", "daddr") if egress else ("daddr", "saddr")
+            base = [_m(_meta("nfproto"), f"ipv{version}")]
+            m = pr.match
+            if m.self_cidrs:
+                nets = [n for n in m.self_cidrs if n.version == version]
+                if not nets:
+                    continue
+                base.append(_m(_pl(family, own), _prefixes(nets)))
+            if m.peer_cidrs:
+                nets = [n for n in m.peer_cidrs if n.version == version]
+                if not nets:
+                    continue
+                base.append(_m(_pl(family, other), _prefixes(nets)))
+            if m.peer_set is not None:
+                base.append(_m(_pl(family, other), "@" + set_name(m.peer_set, version)))
+            for ports in _port_matches(pr, version):
+                rules.append(_rule(label, *base, *ports, COUNTER, _verdict(verdict)))
+    rules.append(_rule("default deny", COUNTER, {"drop": None}))
+    return NftChain(INET, chain.name, tuple(rules))
+
+
+def _add_elements(o: NftObjects, elems: dict[tuple[str, str], list[Any]]) -> None:
+    for key, items in elems.items():
+        target = o.elements[key]
+        for item in items:
+            if isinstance(target, dict):
+                target[item[0] if len(item) == 2 else item[:-1]] = item[-1]
+            else:
+                target.add(item)
+
+
+def render_plan(plan: HostPlan, settings: Settings = Settings()) -> NftObjects:
+    """The complete desired content of guestward's tables for one host."""
+    o = skeleton(settings)
+    for port in sorted(plan.uplinks):
+        _add_elements(o, uplink_elements(port))
+    for b in plan.vnics.values():
+        _add_elements(o, vnic_elements(b))
+    for addr, ident in plan.dispatch.items():
+        _add_elements(o, dispatch_elements(addr, ident))
+    for digest, members in plan.sets.items():
+        for v in (4, 6):
+            s = NftSet(INET, set_name(digest, v), ("ipv4_addr" if v == 4 else "ipv6_addr",))
+            o.add_set(s)
+            o.elements[(INET, s.name)] = {str(a) for a in members if a.version == v}
+    for chain in plan.chains.values():
+        o.add_chain(chain_object(chain, settings))
+    return o
+
+
+def render_delta(old: HostPlan, delta: HostDelta, settings: Settings = Settings()) -> list[dict[str, Any]]:
+    """The nft commands that take the tables from `old` to `old + delta`, touching nothing else.
+
+    Builds the touched part of both states and diffs them: O(size of the delta)."""
+    before, after = NftObjects(), NftObjects()
+    for o in (before, after):
+        for s in skeleton(settings).sets.values():
+            o.add_set(s)
+    for port, b in delta.vnics.items():
+        if (ob := old.vnics.get(port)) is not None:
+            _add_elements(before, vnic_elements(ob))
+        if b is not None:
+            _add_elements(after, vnic_elements(b))
+    for addr, ident in delta.dispatch.items():
+        if (oi := old.dispatch.get(addr)) is not None:
+            _add_elements(before, dispatch_elements(addr, oi))
+        if ident is not None:
+            _add_elements(after, dispatch_elements(addr, ident))
+    for name, chain in delta.chains.items():
+        if (oc := old.chains.get(name)) is not None:
+            before.add_chain(chain_object(oc, settings))
+        if chain is not None:
+            after.add_chain(chain_object(chain, settings))
+    for digest in delta.sets_removed:
+        for v in (4, 6):
+            before.add_set(NftSet(INET, set_name(digest, v), ("ipv4_addr" if v == 4 else "ipv6_addr",)))
+    for digest, members in delta.sets_added.items():
+        for v in (4, 6):
+            s = NftSet(INET, set_name(digest, v), ("ipv4_addr" if v == 4 else "ipv6_addr",))
+            after.add_set(s)
+            after.elements[(INET, s.name)] = {str(a) for a in members if a.version == v}
+    for digest in delta.elements_added.keys() | delta.elements_removed.keys():
+        for v in (4, 6):
+            s = NftSet(INET, set_name(digest, v), ("ipv4_addr" if v == 4 else "ipv6_addr",))
+            before.add_set(s)
+            after.add_set(s)
+            before.elements[(INET, s.name)] = {str(a) for a in delta.elements_removed.get(digest, ()) if a.version == v}
+            after.elements[(INET, s.name)] = {str(a) for a in delta.elements_added.get(digest, ()) if a.version == v}
+    return diff_objects(before, after)

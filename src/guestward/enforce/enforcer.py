@@ -1,0 +1,113 @@
+"""The enforcer: read back guestward's tables, diff against the desired state, apply one transaction.
+
+Contracts:
+- guestward owns `table bridge guestward` and `table inet guestward` and never touches anything else;
+- every change is one `nft -j -f -` transaction: it applies whole or not at all;
+- `sync` is idempotent: when the kernel already holds the desired state it runs no transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from guestward.compile import HostPlan
+from guestward.compile.compiler import HostDelta
+from guestward.dataplane import NftObjects, Settings, diff_objects, render_delta, render_plan
+from guestward.dataplane.readback import parse_tables
+
+TABLE = "guestward"
+FAMILIES = ("bridge", "inet")
+
+
+class EnforceError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class NftRunner:
+    """Runs `nft` in a network namespace (`netns` from `ip netns`), or in our own when None."""
+
+    netns: str | None = None
+
+    def _argv(self, *args: str) -> list[str]:
+        base = ["nft", *args]
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *base] if self.netns else base
+
+    def run_json(self, commands: list[dict[str, Any]]) -> None:
+        payload = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})
+        proc = subprocess.run(self._argv("-j", "-f", "-"), input=payload, capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise EnforceError(f"nft transaction failed: {proc.stderr.strip()[:2000]}")
+
+    def list_table(self, family: str) -> dict[str, Any] | None:
+        proc = subprocess.run(self._argv("-j", "list", "table", family, TABLE), capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            if "No such file or directory" in proc.stderr:
+                return None
+            raise EnforceError(f"nft list table {family} {TABLE} failed: {proc.stderr.strip()}")
+        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+    def text(self) -> str:
+        """Our tables in nft's text form (stable, for byte-for-byte comparisons)."""
+        out = []
+        for family in FAMILIES:
+            proc = subprocess.run(self._argv("list", "table", family, TABLE), capture_output=True, text=True,
+                                  check=False)
+            out.append(proc.stdout if proc.returncode == 0 else "")
+        return "".join(out)
+
+
+@dataclass
+class ApplyResult:
+    commands: int
+    seconds: float
+
+
+class Enforcer:
+    def __init__(self, runner: NftRunner, settings: Settings = Settings()) -> None:
+        self.runner = runner
+        self.settings = settings
+
+    def read(self) -> tuple[NftObjects, list[str]]:
+        """Our tables as they are in the kernel, and the families whose table is missing."""
+        docs, missing = [], []
+        for family in FAMILIES:
+            doc = self.runner.list_table(family)
+            if doc is None:
+                missing.append(family)
+            else:
+                docs.append(doc)
+        return parse_tables(docs), missing
+
+    def sync(self, plan: HostPlan) -> ApplyResult:
+        """Make the kernel hold exactly `plan` in our tables (a full diff against a read-back)."""
+        start = time.monotonic()
+        desired = render_plan(plan, self.settings)
+        current, missing = self.read()
+        commands = diff_objects(current, desired)
+        if missing:
+            commands = [{"add": {"table": {"family": f, "name": TABLE}}} for f in missing] + commands
+        if commands:
+            self.runner.run_json(commands)
+        return ApplyResult(len(commands), time.monotonic() - start)
+
+    def apply_delta(self, old: HostPlan, delta: HostDelta) -> ApplyResult:
+        """Apply only what changed; the caller guarantees the kernel holds `old` (after a sync)."""
+        start = time.monotonic()
+        commands = render_delta(old, delta, self.settings)
+        if commands:
+            self.runner.run_json(commands)
+        return ApplyResult(len(commands), time.monotonic() - start)
+
+    def remove(self) -> None:
+        """Delete our tables (used by `lab down` and uninstall), leaving everything else alone."""
+        _, missing = self.read()
+        cmds = [{"delete": {"table": {"family": f, "name": TABLE}}} for f in FAMILIES if f not in missing]
+        if cmds:
+            self.runner.run_json(cmds)

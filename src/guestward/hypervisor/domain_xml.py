@@ -1,0 +1,83 @@
+"""Read guestward's view of a guest from its domain XML (POLICY.md section 1).
+
+Domain XML may be written by anyone who can define a guest: it is parsed with defusedxml (no
+entities, no DTDs, no network), and a guest whose metadata is malformed gets no labels and no
+addresses, so it gets no traffic (fail closed), instead of crashing the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import ip_address
+from xml.etree.ElementTree import Element
+
+import defusedxml.ElementTree as SafeET
+
+from guestward.model import Guest, Interface, Labels, label_key_error
+from guestward.model.labels import label_value_error
+
+NS = "https://guestward.dev/xmlns/1"
+MAX_XML_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Metadata:
+    labels: dict[str, str]
+    addresses: dict[str, list[str]]  # mac -> addresses
+    problems: tuple[str, ...] = ()
+
+
+def parse_metadata(guest_el: Element | None) -> Metadata:
+    """Parse a `<gw:guest>` element. Invalid entries are dropped and reported as problems."""
+    labels: dict[str, str] = {}
+    addresses: dict[str, list[str]] = {}
+    problems: list[str] = []
+    if guest_el is None:
+        return Metadata(labels, addresses)
+    for el in guest_el.findall(f"{{{NS}}}label"):
+        key, value = el.get("key", ""), (el.text or "").strip()
+        err = label_key_error(key) or label_value_error(value)
+        if err:
+            problems.append(err)
+            continue
+        labels[key] = value
+    for el in guest_el.findall(f"{{{NS}}}address"):
+        mac, text = (el.get("mac") or "").lower(), (el.text or "").strip()
+        try:
+            ip_address(text)
+        except ValueError:
+            problems.append(f"invalid address {text!r}")
+            continue
+        addresses.setdefault(mac, []).append(text)
+    return Metadata(labels, addresses, tuple(problems))
+
+
+def guest_from_xml(xml: str, host: str, active: bool) -> Guest:
+    """The Guest described by a domain XML document (live XML for a running guest)."""
+    if len(xml) > MAX_XML_BYTES:
+        raise ValueError("domain XML larger than 4 MiB")
+    root = SafeET.fromstring(xml)
+    name = root.findtext("name") or ""
+    uuid = root.findtext("uuid") or name
+    meta_el = root.find("metadata")
+    guest_el = meta_el.find(f"{{{NS}}}guest") if meta_el is not None else None
+    meta = parse_metadata(guest_el)
+    nics = []
+    for iface in root.findall("devices/interface"):
+        mac_el, target_el = iface.find("mac"), iface.find("target")
+        if mac_el is None or not mac_el.get("address"):
+            continue
+        mac = mac_el.get("address", "").lower()
+        port = target_el.get("dev") if target_el is not None else None
+        nics.append(Interface.of(mac, port, meta.addresses.get(mac, [])))
+    return Guest(name=name, uuid=uuid, host=host, labels=Labels(meta.labels), interfaces=tuple(nics),
+                 active=active)
+
+
+def metadata_xml(labels: dict[str, str], addresses: list[tuple[str, str]]) -> str:
+    """The `<gw:guest>` element for `setMetadata` / domain XML (values are escaped)."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    parts = [f"<gw:label key={quoteattr(k)}>{escape(v)}</gw:label>" for k, v in sorted(labels.items())]
+    parts += [f"<gw:address mac={quoteattr(m)}>{escape(a)}</gw:address>" for m, a in addresses]
+    return f'<gw:guest xmlns:gw="{NS}">' + "".join(parts) + "</gw:guest>"

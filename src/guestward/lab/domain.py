@@ -1,0 +1,57 @@
+"""Domain XML for a lab guest: TCG, direct kernel boot, one vNIC with a fixed tap name, labels and
+address in guestward's `<metadata>`, the console in a file and a command shell on a unix socket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+from guestward.lab.scenario import GuestSpec, Scenario
+
+NS = "https://guestward.dev/xmlns/1"
+
+
+def metadata(labels: dict[str, str], mac: str, address: str) -> str:
+    parts = [f"<gw:label key={quoteattr(k)}>{escape(v)}</gw:label>" for k, v in sorted(labels.items())]
+    parts.append(f"<gw:address mac={quoteattr(mac)}>{escape(address)}</gw:address>")
+    return f'<gw:guest xmlns:gw="{NS}">' + "".join(parts) + "</gw:guest>"
+
+
+def console_log(lab_dir: Path, name: str) -> Path:
+    return lab_dir / "console" / f"{name}.log"
+
+
+def command_socket(lab_dir: Path, host: str, name: str) -> Path:
+    return lab_dir / "sock" / host / f"{name}.sock"
+
+
+def domain_xml(lab_dir: Path, scenario: Scenario, g: GuestSpec, *, host: str | None = None,
+               uuid: str | None = None) -> str:
+    host = host or g.host
+    assert g.address is not None
+    cmdline = (f"console=ttyS0 quiet panic=-1 gw_name={g.name} gw_ip={scenario.interface(g.address)} "
+               f"gw_listen={','.join(g.listen)}")
+    uuid_el = f"<uuid>{uuid}</uuid>" if uuid else ""
+    return f"""<domain type='qemu'>
+  <name>{g.name}</name>{uuid_el}
+  <memory unit='MiB'>160</memory>
+  <vcpu>1</vcpu>
+  <metadata>{metadata(g.labels, g.mac, str(g.address))}</metadata>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{lab_dir}/guest/vmlinuz</kernel>
+    <initrd>{lab_dir}/guest/initrd.gz</initrd>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <interface type='bridge'>
+      <source bridge='gwbr0'/><mac address='{g.mac}'/><model type='virtio'/><target dev='{g.tap}'/>
+    </interface>
+    <serial type='file'><source path='{console_log(lab_dir, g.name)}' append='on'/><target port='0'/></serial>
+    <serial type='unix'><source mode='bind' path='{command_socket(lab_dir, host, g.name)}'/><target port='1'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""

@@ -1,0 +1,85 @@
+"""guestward's configuration: which libvirt hosts it manages and where it keeps its state.
+
+Lookup order: `--config`, `$GUESTWARD_CONFIG`, the running lab's config, `/etc/guestward/config.yaml`.
+
+```yaml
+state_dir: /var/lib/guestward
+hosts:
+  - name: hv1
+    uri: qemu:///system
+    netns: null          # network namespace where this host's bridges live (null: this one)
+    uplinks: [eno1]      # bridge ports to other hosts / the outside; every other port is a guest port
+```
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from guestward.model import Host
+
+LAB_DIR = Path(os.environ.get("GUESTWARD_LAB_DIR", "/var/lib/guestward/lab"))
+DEFAULT_CONFIG = Path("/etc/guestward/config.yaml")
+
+
+class HostConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    uri: str
+    netns: str | None = None
+    uplinks: list[str] = Field(default_factory=list)
+
+    def host(self) -> Host:
+        return Host(self.name, self.uri, tuple(self.uplinks))
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    state_dir: Path = Path("/var/lib/guestward")
+    hosts: list[HostConfig] = Field(default_factory=list)
+
+    def host(self, name: str) -> HostConfig:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+
+class ConfigError(Exception):
+    pass
+
+
+def config_path(explicit: str | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("GUESTWARD_CONFIG"):
+        return Path(env)
+    lab = LAB_DIR / "config.yaml"
+    if lab.exists():
+        return lab
+    return DEFAULT_CONFIG
+
+
+def load_config(explicit: str | None = None) -> Config:
+    path = config_path(explicit)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"no configuration at {path} (is a lab up? `guestward lab up -f SCENARIO`)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    try:
+        return Config.model_validate(data)
+    except Exception as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    tmp.replace(path)

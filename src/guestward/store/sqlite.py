@@ -1,0 +1,104 @@
+"""The embedded store: policies (by name, with their source text), compiled host plans, an event log.
+
+Every write is one SQLite transaction: a policy change is stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS policy (
+    name TEXT PRIMARY KEY,
+    file TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    applied_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revision (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+INSERT OR IGNORE INTO revision VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS event (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredPolicy:
+    name: str
+    file: str
+    line: int
+    source: str
+
+    def padded_source(self) -> str:
+        """The document text preceded by blank lines, so re-parsing reports the original line numbers."""
+        return "\n" * (self.line - 1) + self.source
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def policies(self) -> list[StoredPolicy]:
+        rows = self._db.execute("SELECT name, file, line, source FROM policy ORDER BY name").fetchall()
+        return [StoredPolicy(*r) for r in rows]
+
+    def put_policies(self, policies: list[StoredPolicy], *, replace_all: bool = False) -> int:
+        """Upsert policies by name (or replace the whole set) in one transaction. Returns the revision."""
+        with self._tx() as db:
+            if replace_all:
+                db.execute("DELETE FROM policy")
+            now = time.time()
+            db.executemany(
+                "INSERT INTO policy VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "file=excluded.file, line=excluded.line, source=excluded.source, applied_at=excluded.applied_at",
+                [(p.name, p.file, p.line, p.source, now) for p in policies],
+            )
+            db.execute("UPDATE revision SET value = value + 1")
+            return int(db.execute("SELECT value FROM revision").fetchone()[0])
+
+    def delete_policies(self, names: list[str]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM policy WHERE name = ?", [(n,) for n in names])
+            db.execute("UPDATE revision SET value = value + 1")
+
+    def record(self, kind: str, subject: str, **detail: Any) -> None:
+        self._db.execute("INSERT INTO event (at, kind, subject, detail) VALUES (?, ?, ?, ?)",
+                         (time.time(), kind, subject, json.dumps(detail, default=str)))
+
+    def events(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        q = "SELECT at, kind, subject, detail FROM event"
+        args: tuple[Any, ...] = ()
+        if kind:
+            q += " WHERE kind = ?"
+            args = (kind,)
+        rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [{"at": r[0], "kind": r[1], "subject": r[2], **json.loads(r[3])} for r in rows]
+
+    def close(self) -> None:
+        self._db.close()
