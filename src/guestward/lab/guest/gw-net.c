@@ -89,6 +89,10 @@ static int serve(int argc, char **argv) {
         char proto[8]; int port;
         if (sscanf(argv[i], "%7[a-z]/%d", proto, &port) != 2) { fprintf(stderr, "bad spec %s\n", argv[i]); return 2; }
         if (fork() == 0) {
+            /* a daemon: its own session, and no inherited stdio (a caller waiting on a pipe returns) */
+            setsid();
+            int devnull = open("/dev/null", O_RDWR);
+            if (devnull >= 0) { dup2(devnull, 0); dup2(devnull, 1); dup2(devnull, 2); if (devnull > 2) close(devnull); }
             if (!strcmp(proto, "tcp")) serve_tcp(port);
             else if (!strcmp(proto, "udp")) serve_udp(port);
             _exit(2);

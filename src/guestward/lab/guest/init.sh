@@ -15,8 +15,14 @@ ip link set eth0 up
 [ -n "$IP" ] && ip addr add "$IP" dev eth0
 [ -n "$GW" ] && ip route add default via "$GW"
 /bin/gw-net serve $(echo "$LISTEN" | tr ',' ' ')
+# The command channel: one command per line, run by a plain read loop (no interactive shell: no line
+# editing, no prompts, no echo), each with stdin from /dev/null so it cannot eat the channel.
 if [ -e /dev/ttyS1 ]; then
-  ( stty -F /dev/ttyS1 raw -echo 2>/dev/null; while true; do setsid sh </dev/ttyS1 >/dev/ttyS1 2>&1; done ) &
+  (
+    stty -F /dev/ttyS1 raw -echo
+    exec </dev/ttyS1 >/dev/ttyS1 2>&1
+    while IFS= read -r line; do eval "$line" </dev/null; done
+  ) &
 fi
 echo "GW-READY name=$NAME ip=$IP mac=$(cat /sys/class/net/eth0/address) uptime=$(cut -d' ' -f1 /proc/uptime)"
 while true; do sleep 3600; done
