@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,13 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from guestward.cli.policy_cmd import FlowJudge
 from guestward.lab.lab import Flow, Lab, LabError
 from guestward.policy import PolicyError, parse_port
 
 app = typer.Typer(help="Real libvirt hosts and QEMU guests on this machine, to try policy with real packets.",
                   no_args_is_help=True)
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -36,7 +38,7 @@ def up(
             lab.up(file, policy)
     except PolicyError as exc:
         for d in exc.diagnostics:
-            err.print(str(d), highlight=False, markup=False)
+            print(d, file=sys.stderr)  # never wrapped: file:line: message
         raise typer.Exit(2) from None
     except (LabError, ValueError, OSError, RuntimeError) as exc:
         err.print(f"[red]lab up failed:[/] {exc}", highlight=False)
@@ -107,19 +109,25 @@ def probe(
         results = lab.probe(flows)
     except (LabError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
-    if as_json:
-        print(json.dumps([{"src": f.src, "dst": f.dst, "port": str(f.port),
-                           "verdict": "allowed" if ok else "blocked"} for f, ok in results.items()], indent=1))
-    elif not all_:
-        (f, ok), = results.items()
-        print(f"{f}: {'allowed' if ok else 'blocked'}")
-    else:
-        _matrix(results)
     if not all_:
-        raise typer.Exit(0 if next(iter(results.values())) else 1)
+        (f, ok), = results.items()
+        print(json.dumps({"src": f.src, "dst": f.dst, "port": str(f.port), "verdict": _verdict(ok)})
+              if as_json else f"{f}: {_verdict(ok)}")
+        raise typer.Exit(0 if ok else 1)
+    judge = FlowJudge(lab.controller())
+    compiled = {f: judge.decide(f.src, f.dst, f.port).allowed for f in results}
+    if as_json:
+        print(json.dumps([{"src": f.src, "dst": f.dst, "port": str(f.port), "verdict": _verdict(ok),
+                           "explain": _verdict(compiled[f])} for f, ok in results.items()], indent=1))
+    else:
+        _matrix(results, compiled)
 
 
-def _matrix(results: dict[Flow, bool]) -> None:
+def _verdict(allowed: bool) -> str:
+    return "allowed" if allowed else "blocked"
+
+
+def _matrix(results: dict[Flow, bool], compiled: dict[Flow, bool]) -> None:
     ends = sorted({f.src for f in results} | {f.dst for f in results}, key=lambda e: (e == "external", e))
     t = Table(title="measured with real packets (rows: from, columns: to; green = echo came back)",
               show_lines=True)
@@ -130,9 +138,19 @@ def _matrix(results: dict[Flow, bool]) -> None:
         cells = []
         for d in ends:
             flows = sorted((f for f in results if f.src == s and f.dst == d), key=lambda f: str(f.port))
-            cells.append("\n".join(f"[green]✓ {f.port}[/]" if results[f] else f"[red]✗ {f.port}[/]" for f in flows)
-                         or "[dim]·[/]")
+            cells.append("\n".join(_cell(f, results[f], compiled[f]) for f in flows) or "[dim]·[/]")
         t.add_row(s, *cells)
     out.print(t)
     allowed = sum(results.values())
     out.print(f"{len(results)} flows probed: {allowed} allowed, {len(results) - allowed} blocked")
+    disagree = [f for f in results if results[f] != compiled[f]]
+    if disagree:
+        out.print(f"[red]{len(disagree)} flow(s) disagree with compiled policy (marked !):[/] "
+                  + ", ".join(f"{f}: measured {_verdict(results[f])}" for f in disagree))
+    else:
+        out.print(f"all {len(results)} agree with compiled policy (`guestward explain`)")
+
+
+def _cell(flow: Flow, measured: bool, compiled: bool) -> str:
+    mark = "" if measured == compiled else " [bold red]![/]"
+    return (f"[green]✓ {flow.port}[/]" if measured else f"[red]✗ {flow.port}[/]") + mark

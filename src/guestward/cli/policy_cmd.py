@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from guestward.compile import Decision, Endpoint, decide
+from guestward.compile import Decision, Endpoint, compile_state, decide
 from guestward.compile.evaluate import IPAddress
 from guestward.model import Guest, Inventory
 from guestward.policy import PolicyError, PortRange, parse_port
@@ -20,7 +20,7 @@ from guestward.reconcile.controller import Controller, read_sources
 from guestward.store.config import LAB_DIR, ConfigError, load_config
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", help="guestward config file")]
 
@@ -69,19 +69,24 @@ def resolve(name: str, inventory: Inventory) -> tuple[Endpoint, Guest | None]:
     return Endpoint(guest.addresses[0], guest.labels, name), guest
 
 
-def flow_verdict(ctl: Controller, src: str, dst: str, port: PortRange) -> tuple[Decision, str]:
-    inventory = ctl.inventory()
-    policies = ctl.policies()
-    s, sg = resolve(src, inventory)
-    d, dg = resolve(dst, inventory)
-    for name, g in ((src, sg), (dst, dg)):
-        if g is not None and not g.active:
-            return Decision(False, reason=f"{name} is not running"), ""
-    state = ctl.compiled(policies)
-    for name, end in ((src, s), (dst, d)):
-        if any(c.address == end.address for c in state.conflicts):
-            return Decision(False, reason=f"{name}: address {end.address} is claimed twice: no traffic"), ""
-    return decide(policies, s, d, port.protocol, port.first), ""
+class FlowJudge:
+    """Verdicts of flows from compiled policy: the inventory and policies are read once."""
+
+    def __init__(self, ctl: Controller) -> None:
+        self.inventory = ctl.inventory()
+        self.policies = ctl.policies()
+        self.state = compile_state(self.inventory, self.policies)
+
+    def decide(self, src: str, dst: str, port: PortRange) -> Decision:
+        s, sg = resolve(src, self.inventory)
+        d, dg = resolve(dst, self.inventory)
+        for name, g in ((src, sg), (dst, dg)):
+            if g is not None and not g.active:
+                return Decision(False, reason=f"{name} is not running")
+        for name, end in ((src, s), (dst, d)):
+            if any(c.address == end.address for c in self.state.conflicts):
+                return Decision(False, reason=f"{name}: address {end.address} is claimed twice: no traffic")
+        return decide(self.policies, s, d, port.protocol, port.first)
 
 
 def register(app: typer.Typer) -> None:
@@ -97,7 +102,7 @@ def register(app: typer.Typer) -> None:
             report = ctl.apply(read_sources(file), replace_all=replace)
         except PolicyError as exc:
             for d in exc.diagnostics:
-                err.print(str(d), highlight=False, markup=False)
+                print(d, file=sys.stderr)  # never wrapped: file:line: message
             err.print(f"rejected: {len(exc.diagnostics)} error(s); nothing was applied", highlight=False)
             raise typer.Exit(2) from None
         except FileNotFoundError as exc:
@@ -107,6 +112,17 @@ def register(app: typer.Typer) -> None:
                   highlight=False)
         for c in report.conflicts:
             err.print(f"[yellow]conflict:[/] {c}", highlight=False)
+
+    @app.command()
+    def sync(config: ConfigOpt = None) -> None:
+        """Read every guest from libvirt now and enforce the installed policies on every host.
+
+        Until the agent follows libvirt's events, this is how guestward learns of guests defined,
+        started or changed behind its back (their vNICs get no traffic until then)."""
+        ctl = controller(config)
+        commands = ctl.sync()
+        out.print(", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items())) or "no hosts configured",
+                  highlight=False)
 
     @app.command()
     def policies(config: ConfigOpt = None) -> None:
@@ -132,7 +148,7 @@ def register(app: typer.Typer) -> None:
         if p.protocol == "any" or p.first != p.last:
             raise fail("explain takes one flow: tcp/PORT, udp/PORT, icmp or icmpv6")
         ctl = controller(config)
-        decision, _ = flow_verdict(ctl, src, dst, p)
+        decision = FlowJudge(ctl).decide(src, dst, p)
         verdict = "allowed" if decision.allowed else "blocked"
         if as_json:
             print(json.dumps({"src": src, "dst": dst, "port": str(p), "verdict": verdict, "tier": decision.tier,

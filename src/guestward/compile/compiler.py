@@ -16,9 +16,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from guestward.compile.chains import identity_chains
+from guestward.compile.chains import RuleIndex, identity_chains
 from guestward.compile.plan import (
-    QUARANTINE_SET,
     ChainPlan,
     CompiledState,
     Conflict,
@@ -27,8 +26,9 @@ from guestward.compile.plan import (
     VnicBinding,
     identity_id,
 )
-from guestward.model import QUARANTINE_LABEL, Guest, Host, Inventory, Labels, Selector
-from guestward.policy import CidrPeer, GuestsPeer, Policy
+from guestward.compile.selector_cache import SelectorCache, policy_selectors
+from guestward.model import Guest, Host, Inventory, Labels
+from guestward.policy import CidrPeer, Policy
 
 _MISSING = object()
 
@@ -73,17 +73,6 @@ def _put(d: dict, key: object, value: object) -> None:  # type: ignore[type-arg]
         d[key] = value
 
 
-def policy_selectors(policies: Iterable[Policy]) -> dict[str, Selector]:
-    """Every distinct selector of the policy set, plus the quarantine selector, by digest."""
-    out: dict[str, Selector] = {QUARANTINE_SET: Selector.of(dict([QUARANTINE_LABEL]))}
-    for p in policies:
-        for r in p.rules:
-            for peer in (r.source, r.destination):
-                if isinstance(peer, GuestsPeer):
-                    out[peer.selector.digest] = peer.selector
-    return out
-
-
 class _HostState:
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -111,6 +100,8 @@ class Compiler:
         before = self.state() if hasattr(self, "_hosts") else None
         self._policies = sorted(policies, key=lambda p: p.sort_key)
         self._selectors = policy_selectors(self._policies)
+        self._selector_cache = SelectorCache(self._selectors)
+        self._rule_index = RuleIndex(self._policies, self._selector_cache)
         self._chain_cache: dict[Labels, dict[str, ChainPlan]] = {}
         self._members: dict[str, set[IPAddress]] = {d: set() for d in self._selectors}
         self._hosts = {name: _HostState(h) for name, h in self._host_defs.items()}
@@ -124,14 +115,19 @@ class Compiler:
 
     def upsert_guest(self, guest: Guest) -> dict[str, HostDelta]:
         """Add or replace one guest (by uuid). Returns only what changed, per host."""
-        old = self._guests.get(guest.uuid)
-        return self._change(old, guest)
+        return self._change([(self._guests.get(guest.uuid), guest)])
+
+    def upsert_guests(self, guests: Iterable[Guest]) -> dict[str, HostDelta]:
+        """Add or replace many guests in one step: the same result as upserting them one by one (the
+        last of two guests with one uuid wins), with one delta per host instead of one per guest."""
+        latest = {g.uuid: g for g in guests}
+        return self._change([(self._guests.get(uuid), g) for uuid, g in latest.items()])
 
     def remove_guest(self, uuid: str) -> dict[str, HostDelta]:
         old = self._guests.get(uuid)
         if old is None:
             return {}
-        return self._change(old, None)
+        return self._change([(old, None)])
 
     # -- outputs ----------------------------------------------------------------------------------
 
@@ -148,8 +144,9 @@ class Compiler:
             for name, hs in self._hosts.items()
         }
         conflicts = tuple(sorted(
-            Conflict(a, tuple(sorted(self._guests[u].name for u in uuids)))
-            for a, uuids in self._claims.items() if len(uuids) > 1
+            (Conflict(a, tuple(sorted(self._guests[u].name for u in uuids)))
+             for a, uuids in self._claims.items() if len(uuids) > 1),
+            key=lambda c: (c.address.version, int(c.address), c.guests),  # IPv4 and IPv6 do not compare
         ))
         identities = {identity_id(g.labels): g.labels for g in self._guests.values() if g.active}
         return CompiledState(hosts, conflicts, dict(sorted(identities.items())))
@@ -164,19 +161,28 @@ class Compiler:
 
     # -- incremental machinery ---------------------------------------------------------------------
 
-    def _change(self, old: Guest | None, new: Guest | None) -> dict[str, HostDelta]:
-        addrs = set(old.addresses if old and old.active else ()) | set(new.addresses if new and new.active else ())
-        affected = {u for a in addrs for u in self._claims.get(a, ())}
-        affected |= {g.uuid for g in (old, new) if g is not None}
+    def _change(self, changes: list[tuple[Guest | None, Guest | None]]) -> dict[str, HostDelta]:
+        """Replace each (old, new) pair of one uuid (None: absent), re-deriving every guest that shares
+        an address with one of them (ownership of a shared address changes with them)."""
+        addrs: set[IPAddress] = set()
+        affected: set[str] = set()
+        for old, new in changes:
+            for g in (old, new):
+                if g is not None:
+                    affected.add(g.uuid)
+                    if g.active:
+                        addrs.update(g.addresses)
+        affected |= {u for a in addrs for u in self._claims.get(a, ())}
         self._begin()
         for uuid in sorted(affected):
             if uuid in self._guests:
                 self._remove(self._guests[uuid])
-        if new is None:
-            assert old is not None
-            self._guests.pop(old.uuid, None)
-        else:
-            self._guests[new.uuid] = new
+        for old, new in changes:
+            if new is None:
+                assert old is not None
+                self._guests.pop(old.uuid, None)
+            else:
+                self._guests[new.uuid] = new
         for uuid in sorted(affected):
             if uuid in self._guests:
                 self._add(self._guests[uuid])
@@ -213,15 +219,19 @@ class Compiler:
         self._pending.discard(g.uuid)
         self._claim(g, -1)
 
-    def _contribute(self, g: Guest) -> None:
+    def _contribute_members(self, g: Guest) -> _Contribution:
+        """The guest's owned addresses join the sets of the selectors that select it (on every host)."""
         c = _Contribution()
-        hs = self._hosts.get(g.host)
-        owned = self._owned(g, g.addresses)
-        c.owned = owned
-        c.selectors = tuple(d for d, s in self._selectors.items() if s.matches(g.labels))
+        c.owned = self._owned(g, g.addresses)
+        c.selectors = self._selector_cache.matching(g.labels)
         for d in c.selectors:
-            for a in owned:
+            for a in c.owned:
                 self._member(d, a, +1)
+        return c
+
+    def _contribute_local(self, g: Guest, c: _Contribution) -> None:
+        """The guest's vNICs, dispatch entries and identity chains on its own host."""
+        hs = self._hosts.get(g.host)
         if hs is not None:
             ident = identity_id(g.labels)
             for nic in g.interfaces:
@@ -265,8 +275,12 @@ class Compiler:
         self._orig_elems: dict[tuple[str, str], dict[IPAddress, bool]] = {}
 
     def _end(self) -> dict[str, HostDelta]:
-        for uuid in sorted(self._pending):
-            self._contribute(self._guests[uuid])
+        # Every membership first: a set this change creates on a host is then copied once from its
+        # final members, instead of growing one element at a time (a from-scratch compile).
+        guests = [self._guests[uuid] for uuid in sorted(self._pending)]
+        contributions = [(g, self._contribute_members(g)) for g in guests]
+        for g, c in contributions:
+            self._contribute_local(g, c)
         self._pending.clear()
         deltas: dict[str, HostDelta] = {}
 
@@ -312,7 +326,7 @@ class Compiler:
     def _chains_for(self, labels: Labels, ident: str) -> dict[str, ChainPlan]:
         chains = self._chain_cache.get(labels)
         if chains is None:
-            chains = identity_chains(self._policies, labels, ident)
+            chains = identity_chains(self._policies, labels, ident, self._rule_index)
             self._chain_cache[labels] = chains
         return chains
 
@@ -321,7 +335,8 @@ class Compiler:
         hs.ident_refs[ident] += sign
         if hs.ident_refs[ident] <= 0:
             del hs.ident_refs[ident]
-        if (before == 0) == (sign > 0):  # 0 -> 1 or 1 -> 0
+        after = before + sign
+        if (before, after) in ((0, 1), (1, 0)):  # the first local guest of this identity, or the last
             for name, chain in self._chains_for(labels, ident).items():
                 self._orig_chains.setdefault((hs.host.name, name), hs.chains.get(name, _MISSING))
                 _put(hs.chains, name, chain if sign > 0 else None)
@@ -332,11 +347,23 @@ class Compiler:
         key = (hs.host.name, digest)
         self._orig_sets.setdefault(key, digest in hs.sets)
         hs.set_refs[digest] += sign
+        # A set dropped and re-created within one change must still report its element changes:
+        # membership changes while it is absent are not seen by _member, so record every element it
+        # leaves with (untouched so far, hence original) and every element it comes back with.
         if hs.set_refs[digest] <= 0:
             del hs.set_refs[digest]
-            hs.sets.pop(digest, None)
+            self._record_elements(key, hs.sets.pop(digest, ()), True)
         elif digest not in hs.sets:
             hs.sets[digest] = set(self._members.get(digest, ()))
+            self._record_elements(key, hs.sets[digest], False)
+
+    def _record_elements(self, key: tuple[str, str], addrs: Iterable[IPAddress], was_in: bool) -> None:
+        # A set this change created is reported whole (sets_added), so its elements need no record:
+        # that keeps a from-scratch compile from tracking every element of every set of every host.
+        if self._orig_sets.get(key, True):
+            elems = self._orig_elems.setdefault(key, {})
+            for a in addrs:
+                elems.setdefault(a, was_in)
 
     def _member(self, digest: str, addr: IPAddress, sign: int) -> None:
         members = self._members.setdefault(digest, set())
@@ -348,7 +375,9 @@ class Compiler:
             s = hs.sets.get(digest)
             if s is None:
                 continue
-            self._orig_elems.setdefault((hs.host.name, digest), {}).setdefault(addr, addr in s)
+            key = (hs.host.name, digest)
+            if self._orig_sets.get(key, True):  # see _record_elements
+                self._orig_elems.setdefault(key, {}).setdefault(addr, addr in s)
             if sign > 0:
                 s.add(addr)
             else:
@@ -366,8 +395,7 @@ class _Contribution:
 def compile_state(inventory: Inventory, policies: Iterable[Policy]) -> CompiledState:
     """Compile from scratch."""
     compiler = Compiler(inventory.hosts, policies)
-    for g in inventory.guests:
-        compiler.upsert_guest(g)
+    compiler.upsert_guests(inventory.guests)
     return compiler.state()
 
 

@@ -8,11 +8,13 @@ from guestward.dataplane.objects import NftChain, NftObjects, NftRule, NftSet
 
 
 def _key(value: Any) -> Any:
+    # Kept as printed: interface names are case-sensitive, and nft prints MACs and IPv6 addresses in
+    # lowercase, as they are rendered.
     if isinstance(value, dict) and "elem" in value:
         value = value["elem"].get("val")
     if isinstance(value, dict) and "concat" in value:
-        return tuple(str(v).lower() if isinstance(v, str) else str(v) for v in value["concat"])
-    return str(value).lower() if isinstance(value, str) else str(value)
+        return tuple(str(v) for v in value["concat"])
+    return str(value)
 
 
 def _verdict(value: Any) -> str:

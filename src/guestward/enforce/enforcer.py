@@ -54,10 +54,11 @@ class NftRunner:
         return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
     def text(self) -> str:
-        """Our tables in nft's text form (stable, for byte-for-byte comparisons)."""
+        """Our tables in nft's text form, without counter values (`-s`): what is enforced, not what
+        traffic did, so two reads compare byte for byte when nothing was changed."""
         out = []
         for family in FAMILIES:
-            proc = subprocess.run(self._argv("list", "table", family, TABLE), capture_output=True, text=True,
+            proc = subprocess.run(self._argv("-s", "list", "table", family, TABLE), capture_output=True, text=True,
                                   check=False)
             out.append(proc.stdout if proc.returncode == 0 else "")
         return "".join(out)

@@ -40,13 +40,23 @@ def parse_metadata(guest_el: Element | None) -> Metadata:
         if err:
             problems.append(err)
             continue
+        if key in labels:
+            problems.append(f"label {key!r} given twice: {labels[key]!r} and {value!r}; the last one holds")
         labels[key] = value
     for el in guest_el.findall(f"{{{NS}}}address"):
         mac, text = (el.get("mac") or "").lower(), (el.text or "").strip()
         try:
-            ip_address(text)
+            addr = ip_address(text)
         except ValueError:
             problems.append(f"invalid address {text!r}")
+            continue
+        # A zone index ("fe80::1%eth0") would be rendered into the host's nft transaction and break it
+        # for every guest there; multicast and unspecified addresses are never a vNIC's own.
+        if getattr(addr, "scope_id", None) or addr.is_multicast or addr.is_unspecified:
+            problems.append(f"invalid address {text!r}: not a unicast address without zone")
+            continue
+        if not mac:
+            problems.append(f"address {text!r} has no mac: it belongs to no vNIC")
             continue
         addresses.setdefault(mac, []).append(text)
     return Metadata(labels, addresses, tuple(problems))

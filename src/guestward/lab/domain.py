@@ -29,7 +29,9 @@ def domain_xml(lab_dir: Path, scenario: Scenario, g: GuestSpec, *, host: str | N
                uuid: str | None = None) -> str:
     host = host or g.host
     assert g.address is not None
-    cmdline = (f"console=ttyS0 quiet panic=-1 gw_name={g.name} gw_ip={scenario.interface(g.address)} "
+    # no_timer_check: on a busy host a TCG guest can fail the kernel's IO-APIC timer check at boot,
+    # after which the UART of the command channel may never interrupt again.
+    cmdline = (f"console=ttyS0 quiet panic=-1 no_timer_check gw_name={g.name} gw_ip={scenario.interface(g.address)} "
                f"gw_listen={','.join(g.listen)}")
     uuid_el = f"<uuid>{uuid}</uuid>" if uuid else ""
     return f"""<domain type='qemu'>

@@ -15,7 +15,7 @@ _VALUE_RE = re.compile(rf"^({_NAME})?$")
 
 def label_key_error(key: str) -> str | None:
     """Return why `key` is not a valid label key, or None when it is."""
-    if not isinstance(key, str) or not _KEY_RE.match(key):
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
         return f"invalid label key {key!r}: expected [prefix/]name (alphanumerics, '-', '_', '.')"
     prefix, _, _name = key.rpartition("/")
     if len(prefix) > 253:
@@ -25,7 +25,7 @@ def label_key_error(key: str) -> str | None:
 
 def label_value_error(value: str) -> str | None:
     """Return why `value` is not a valid label value, or None when it is."""
-    if not isinstance(value, str) or not _VALUE_RE.match(value):
+    if not isinstance(value, str) or not _VALUE_RE.fullmatch(value):
         return f"invalid label value {value!r}: at most 63 alphanumerics, '-', '_', '.'"
     return None
 

@@ -48,9 +48,9 @@ class Selector:
     @staticmethod
     def of(match_labels: dict[str, str] | None = None,
            match_expressions: list[Expression] | None = None) -> Selector:
-        exprs = tuple(sorted(
+        exprs = tuple(sorted({  # a set: an expression written twice means it once
             Expression(e.key, e.operator, tuple(sorted(set(e.values)))) for e in (match_expressions or [])
-        ))
+        }))
         return Selector(tuple(sorted((match_labels or {}).items())), exprs)
 
     def matches(self, labels: Labels) -> bool:

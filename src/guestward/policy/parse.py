@@ -35,6 +35,8 @@ _RULE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PORT_RE = re.compile(r"^(tcp|udp)/(\d{1,5})(?:-(\d{1,5}))?$")
 _MAX_SOURCE_BYTES = 8 * 1024 * 1024
 _MAX_NODES = 200_000
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}"
+                         for t in ("null", "bool", "int", "float", "str", "timestamp", "binary"))
 
 Path = tuple[str | int, ...]
 
@@ -69,7 +71,8 @@ class _Located:
                 if key in out:
                     raise _Invalid(key_node.start_mark.line + 1, f"duplicate key {key!r}")
                 out[key] = self.build(value_node, (*path, key))
-                self.lines.setdefault((*path, key), key_node.start_mark.line + 1)
+                # A field's mistakes are reported on its key's line, not where its value starts.
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
@@ -78,12 +81,15 @@ class _Located:
     def _scalar(self, node: yaml.Node) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise _Invalid(node.start_mark.line + 1, "expected a plain value here")
-        if not node.tag.startswith("tag:yaml.org,2002:"):
+        if node.tag not in _SCALAR_TAGS:
             raise _Invalid(node.start_mark.line + 1, f"unsupported YAML tag {node.tag!r}")
         try:
             return self._scalars.construct_object(node)
         except Exception as exc:  # a malformed timestamp or number: a user error, not ours
-            raise _Invalid(node.start_mark.line + 1, f"invalid value: {exc}") from None
+            # One line: a YAML error's own text quotes the document over several lines.
+            reason = exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem else str(exc)
+            first = (reason.splitlines() or [type(exc).__name__])[0]
+            raise _Invalid(node.start_mark.line + 1, f"invalid value: {first}") from None
 
     def line_of(self, path: Iterable[str | int]) -> int:
         p = tuple(path)
@@ -136,16 +142,17 @@ def _selector(doc: dict[str, Any], at: _Located, path: Path) -> Selector:
             e = MatchExpressionDoc.model_validate(raw)
         except ValidationError as exc:
             raise _Invalid(*_first_error(exc, at, ep)) from None
-        err = label_key_error(e.key)
         values = e.values or []
-        if err is None and e.operator in ("In", "NotIn") and not values:
-            err = f"matchExpressions: operator {e.operator} needs a non-empty values list"
-        if err is None and e.operator in ("Exists", "DoesNotExist") and e.values:
-            err = f"matchExpressions: operator {e.operator} takes no values"
-        for v in values:
-            err = err or label_value_error(v)
-        if err:
-            raise _Invalid(at.line_of(ep), err)
+        if err := label_key_error(e.key):
+            raise _Invalid(at.line_of((*ep, "key")), err)
+        if e.operator in ("In", "NotIn") and not values:
+            raise _Invalid(at.line_of((*ep, "operator")),
+                           f"matchExpressions: operator {e.operator} needs a non-empty values list")
+        if e.operator in ("Exists", "DoesNotExist") and e.values:
+            raise _Invalid(at.line_of((*ep, "values")), f"matchExpressions: operator {e.operator} takes no values")
+        for j, v in enumerate(values):
+            if err := label_value_error(v):
+                raise _Invalid(at.line_of((*ep, "values", j)), err)
         expressions.append(Expression(e.key, Operator(e.operator), tuple(values)))
     return Selector.of(dict(match_labels), expressions)
 
@@ -172,7 +179,7 @@ def _peer(doc: PeerDoc | None, raw: Any, at: _Located, path: Path) -> Peer:
 
 def _rule(doc: RuleDoc, at: _Located, path: Path) -> Rule:
     line = at.line_of(path)
-    if not _RULE_NAME_RE.match(doc.name):
+    if not _RULE_NAME_RE.fullmatch(doc.name):
         raise _Invalid(at.line_of((*path, "name")), f"invalid rule name {doc.name!r}: lowercase alphanumerics and '-'")
     ports: list[PortRange] = []
     for i, text in enumerate(doc.ports or []):
@@ -203,7 +210,8 @@ def _first_error(exc: ValidationError, at: _Located, base: Path) -> tuple[int, s
         msg = f"missing field {field!r}"
     else:
         got = err.get("input")
-        msg = f"{field}: {err['msg'].lower()}" + (f" (got {got!r})" if not isinstance(got, dict | list) else "")
+        text = err["msg"][:1].lower() + err["msg"][1:]  # keep the case of the allowed values it quotes
+        msg = f"{field}: {text}" + (f" (got {got!r})" if not isinstance(got, dict | list) else "")
     return at.line_of((*base, *loc)), msg
 
 
@@ -214,7 +222,7 @@ def _policy(doc: Any, at: _Located, file: str) -> Policy:
         pd = PolicyDoc.model_validate(doc)
     except ValidationError as exc:
         raise _Invalid(*_first_error(exc, at, ())) from None
-    if not _NAME_RE.match(pd.metadata.name):
+    if not _NAME_RE.fullmatch(pd.metadata.name):
         raise _Invalid(at.line_of(("metadata", "name")),
                        f"invalid policy name {pd.metadata.name!r}: lowercase alphanumerics, '-' and '.'")
     rules = [_rule(r, at, ("spec", "rules", i)) for i, r in enumerate(pd.spec.rules)]
@@ -240,7 +248,10 @@ def parse_policies(sources: Iterable[tuple[str, str]]) -> list[Policy]:
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 1
-            diagnostics.append(Diagnostic(file, line, f"invalid YAML: {exc.problem or exc.context}"))
+            message = f"invalid YAML: {exc.problem or exc.context}"
+            if exc.context and exc.context_mark and exc.problem_mark and exc.context_mark.line != exc.problem_mark.line:
+                message += f" ({exc.context} at line {exc.context_mark.line + 1})"
+            diagnostics.append(Diagnostic(file, line, message))
             continue
         except (yaml.YAMLError, RecursionError, ValueError) as exc:
             diagnostics.append(Diagnostic(file, 1, f"invalid YAML: {type(exc).__name__}"))

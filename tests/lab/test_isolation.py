@@ -1,0 +1,105 @@
+"""Guests cannot hurt each other: anti-spoofing on every vNIC, and fail closed for unknown vNICs.
+
+A guest that changes its own address or MAC from inside can no longer send; a guest whose vNIC
+guestward does not know gets no traffic at all, until guestward learns it. Each test first shows the
+flow passing, so that "blocked" means guestward blocked it, not that the flow never worked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+
+import pytest
+
+from guestward.hypervisor import domains
+from guestward.lab import console
+from guestward.lab.domain import command_socket, domain_xml
+from guestward.lab.lab import Lab
+from guestward.lab.scenario import GuestSpec
+from tests.conftest import guestward
+
+pytestmark = pytest.mark.lab
+
+LB1, WEB1, DB1, MON1 = "10.77.0.10", "10.77.0.11", "10.77.0.13", "10.77.0.14"
+
+
+def pings(lab: Lab, guest: str, address: str) -> bool:
+    return lab.exec(guest, [f"ping -c 1 -W 2 {address} >/dev/null 2>&1"]).status == 0
+
+
+def pings_eventually(lab: Lab, guest: str, address: str, tries: int = 3) -> bool:
+    """A flow that should pass: a TCG guest under load may miss one 2 s deadline."""
+    return any(pings(lab, guest, address) for _ in range(tries))
+
+
+def test_guest_that_changes_its_address_cannot_send(lab: Lab) -> None:
+    assert pings_eventually(lab, "mon1", LB1)  # monitoring-everywhere: icmp to anything
+    change = f"ip addr add 10.77.0.99/24 dev eth0 && ip addr del {MON1}/24 dev eth0"
+    assert lab.exec("mon1", [change]).status == 0
+    try:
+        assert not pings(lab, "mon1", LB1)
+        assert not pings(lab, "mon1", WEB1)
+    finally:
+        restore = f"ip addr add {MON1}/24 dev eth0; ip addr del 10.77.0.99/24 dev eth0"
+        lab.exec("mon1", [restore])
+    assert pings_eventually(lab, "mon1", LB1)
+
+
+def test_guest_that_takes_another_guests_address_gets_nothing_of_its_rights(lab: Lab) -> None:
+    # web1 may reach db1 on tcp/5432; mon1 may not. mon1 claiming web1's address gains nothing.
+    probe = f"gw-net probe tcp {DB1} 5432 2000"
+    assert lab.exec("web1", [probe]).output.strip() == "allowed"
+    assert lab.exec("mon1", [probe]).output.strip() == "blocked"
+    change = f"ip addr add {WEB1}/24 dev eth0 && ip addr del {MON1}/24 dev eth0"
+    assert lab.exec("mon1", [change]).status == 0
+    try:
+        assert lab.exec("mon1", [probe]).output.strip() == "blocked"
+    finally:
+        lab.exec("mon1", [f"ip addr add {MON1}/24 dev eth0; ip addr del {WEB1}/24 dev eth0"])
+    assert pings_eventually(lab, "mon1", LB1)
+
+
+def test_guest_that_changes_its_mac_cannot_send(lab: Lab) -> None:
+    mac = lab.exec("mon1", ["cat /sys/class/net/eth0/address"]).output.strip()
+    assert pings_eventually(lab, "mon1", LB1)
+    assert lab.exec("mon1", ["ip link set eth0 address 52:54:00:de:ad:01"]).status == 0
+    try:
+        assert not pings(lab, "mon1", LB1)
+    finally:
+        lab.exec("mon1", [f"ip link set eth0 address {mac}"])
+    assert pings_eventually(lab, "mon1", LB1)
+
+
+@pytest.fixture
+def rogue(lab: Lab) -> Iterator[GuestSpec]:
+    """A guest started on hv1 behind guestward's back: defined and started straight through libvirt."""
+    spec = GuestSpec(name="rogue", host="hv1", labels={"env": "prod"}, address=IPv4Address("10.77.0.40"),
+                     listen=["tcp/80"])
+    uri = lab.uri("hv1")
+    domains.define(uri, domain_xml(lab.dir, lab.scenario(), spec))
+    domains.start(uri, "rogue")
+    try:
+        yield spec
+    finally:
+        domains.destroy(uri, "rogue", undefine=True)
+        assert guestward("sync").returncode == 0
+
+
+def test_unknown_vnic_gets_no_traffic_until_guestward_knows_it(lab: Lab, rogue: GuestSpec) -> None:
+    sock = command_socket(lab.dir, "hv1", "rogue")
+    console.wait_ready(sock, timeout=240)
+
+    def rogue_pings(address: str) -> bool:
+        return console.run(sock, f"ping -c 1 -W 2 {address} >/dev/null 2>&1").status == 0
+
+    # Unknown: nothing leaves it, nothing reaches it (mon1 may ping anything, web1 any prod guest).
+    assert not rogue_pings(WEB1)
+    assert not rogue_pings(LB1)
+    assert not pings(lab, "mon1", "10.77.0.40")
+    assert lab.exec("web1", ["gw-net probe tcp 10.77.0.40 80 2000"]).output.strip() == "blocked"
+    # Once guestward has read it (labels env=prod from its domain XML), the policy applies to it.
+    assert guestward("sync").returncode == 0
+    assert any(rogue_pings(WEB1) for _ in range(3))   # baseline ping-within-prod
+    assert pings_eventually(lab, "mon1", "10.77.0.40")
+    assert lab.exec("web1", ["gw-net probe tcp 10.77.0.40 80 2000"]).output.strip() == "blocked"
