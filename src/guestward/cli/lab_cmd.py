@@ -17,7 +17,7 @@ from guestward.policy import PolicyError, parse_port
 
 app = typer.Typer(help="Real libvirt hosts and QEMU guests on this machine, to try policy with real packets.",
                   no_args_is_help=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # a pipe or CI log gets full tables
 err = Console(stderr=True, soft_wrap=True)
 
 

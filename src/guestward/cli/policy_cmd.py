@@ -19,7 +19,7 @@ from guestward.policy import PolicyError, PortRange, parse_port
 from guestward.reconcile.controller import Controller, read_sources
 from guestward.store.config import LAB_DIR, ConfigError, load_config
 
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # a pipe or CI log gets full tables
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", help="guestward config file")]
