@@ -33,7 +33,7 @@ if [ -c /dev/kvm ] && getent group kvm >/dev/null; then chgrp kvm /dev/kvm; chmo
 
 # The guest kernel: the version Debian's cloud kernel metapackage points to, unpacked (never installed).
 mkdir -p "$ASSETS"
-if [ ! -e "$ASSETS/kernel/vmlinuz" ]; then
+if [ ! -e "$ASSETS/kernel/vmlinuz" ] || [ ! -e "$ASSETS/kernel/modules/virtio_console.ko" ]; then
   kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
   log "guest kernel $kpkg"
   tmp=$(mktemp -d)
@@ -45,7 +45,8 @@ if [ ! -e "$ASSETS/kernel/vmlinuz" ]; then
   mkdir -p "$ASSETS/kernel.new/modules"
   M="$tmp/x/lib/modules/$kver/kernel"
   cp "$M"/drivers/virtio/{virtio,virtio_ring,virtio_pci_legacy_dev,virtio_pci_modern_dev,virtio_pci}.ko \
-     "$M"/net/core/failover.ko "$M"/drivers/net/{net_failover,virtio_net}.ko "$ASSETS/kernel.new/modules/"
+     "$M"/net/core/failover.ko "$M"/drivers/net/{net_failover,virtio_net}.ko "$M"/drivers/char/virtio_console.ko \
+     "$ASSETS/kernel.new/modules/"
   echo "$kver" > "$ASSETS/kernel.new/version"
   rm -rf "$ASSETS/kernel"; mv "$ASSETS/kernel.new" "$ASSETS/kernel"; rm -rf "$tmp"
 fi

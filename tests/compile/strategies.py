@@ -3,10 +3,13 @@ addresses from a small pool (so that conflicts happen), and random policies over
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 
 from hypothesis import strategies as st
 
+from guestward.compile import CompiledState, Endpoint
 from guestward.model import QUARANTINE_LABEL, Expression, Guest, Host, Interface, Labels, Operator, Selector
 from guestward.policy import TIERS, Action, AnyPeer, CidrPeer, GuestsPeer, Peer, Policy, Rule, parse_port
 
@@ -19,7 +22,8 @@ POOL = tuple(ip_address(a) for a in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0
 OUTSIDE = tuple(ip_address(a) for a in ("10.0.0.9", "192.0.2.1", "fd00::9", "2001:db8::1"))
 NETWORKS = tuple(ip_network(n) for n in ("10.0.0.0/30", "10.0.0.4/31", "10.0.0.8/29", "192.0.2.0/24", "0.0.0.0/0",
                                           "fd00::/126", "2001:db8::/32", "::/0"))
-PORTS = tuple(parse_port(p) for p in ("tcp/80", "tcp/1-100", "tcp/443", "udp/53", "icmp", "icmpv6", "any"))
+PORTS = tuple(parse_port(p) for p in ("tcp/80", "tcp/1-100", "tcp/443", "udp/53", "udp/50-53", "icmp", "icmpv6",
+                                      "any"))
 
 # Allow-heavy, so that flows are allowed often enough for "allowed" to be checked as much as "blocked".
 ACTIONS = st.sampled_from([Action.ALLOW, Action.ALLOW, Action.ALLOW, Action.DENY, Action.PASS])
@@ -68,7 +72,8 @@ def guest_versions(draw: st.DrawFn, index: int) -> Guest:
     nics = []
     for n in range(draw(st.integers(0, 2))):
         addrs = draw(st.lists(st.sampled_from(POOL), min_size=draw(st.sampled_from((0, 1, 1, 1))), max_size=2))
-        port = None if draw(st.integers(0, 9)) == 0 else f"t{index}n{n}"
+        # libvirt reuses tap names (vnetN), so two guests' views of one host may name the same one
+        port = draw(st.sampled_from((None, "vnet0", "vnet0", "vnet1", *[f"t{index}n{n}"] * 4)))
         nics.append(Interface.of(f"52:54:00:00:{index:02x}:{n:02x}", port, [str(a) for a in addrs]))
     host = draw(st.sampled_from((*HOST_NAMES, *HOST_NAMES, "elsewhere")))
     active = draw(st.integers(0, 5)) > 0
@@ -79,3 +84,67 @@ def guest_versions(draw: st.DrawFn, index: int) -> Guest:
 def inventories(draw: st.DrawFn, max_guests: int = 6, min_guests: int = 0) -> list[Guest]:
     count = draw(st.integers(min_guests, max_guests))
     return [draw(guest_versions(i)) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class End:
+    """One end of a probe flow: the address, the labels its owner has (None: outside the managed guests),
+    the host and vNIC it is on when guestward enforces there (None: nothing of ours on its side)."""
+
+    endpoint: Endpoint
+    host: str | None
+    owner: str
+    port: str | None = None
+    mac: str = "02:00:00:00:00:01"
+
+
+# At the edges of the ranges in PORTS, so that an off-by-one shows.
+PROBES = {4: (("tcp", 1), ("tcp", 80), ("tcp", 100), ("tcp", 101), ("tcp", 443), ("udp", 49), ("udp", 53), ("icmp", 0)),
+          6: (("tcp", 80), ("tcp", 101), ("udp", 50), ("udp", 54), ("icmpv6", 0))}
+
+
+def endpoints(guests: list[Guest], state: CompiledState) -> list[End]:
+    """Every address a probe can come from or go to in this world."""
+    conflicted = {c.address for c in state.conflicts}
+    claimed = {a for g in guests if g.active for a in g.addresses}
+    contested = contested_ports(guests)
+    out: list[End] = []
+    for g in guests:
+        if not g.active:
+            continue
+        # A guest on a host that guestward does not manage is a managed identity (its addresses are in
+        # the sets) whose own side nobody enforces: only the other end's vNIC decides.
+        host = g.host if g.host in state.hosts else None
+        for nic in g.interfaces:
+            if host is not None and (nic.port is None or (host, nic.port) in contested):
+                continue  # a vNIC without a port of its own gets no traffic at all (fail closed)
+            for a in nic.addresses:
+                if a not in conflicted:
+                    out.append(End(Endpoint(a, g.labels, g.name), host, g.uuid, nic.port, nic.mac))
+    for a in (*POOL, *OUTSIDE):
+        if a not in claimed:
+            out.append(End(Endpoint(a), None, f"outside {a}"))
+    return out
+
+
+def contested_ports(guests: list[Guest]) -> set[tuple[str, str]]:
+    """(host, port) pairs that more than one vNIC of the active guests names."""
+    seen: dict[tuple[str, str], int] = {}
+    for g in guests:
+        if g.active:
+            for nic in g.interfaces:
+                if nic.port is not None:
+                    seen[(g.host, nic.port)] = seen.get((g.host, nic.port), 0) + 1
+    return {k for k, n in seen.items() if n > 1}
+
+
+def flows(ends: list[End]) -> Iterator[tuple[End, End, str, int]]:
+    """Every probe between two different owners of one address family with something of ours on the path."""
+    for src in ends:
+        for dst in ends:
+            if src.owner == dst.owner or src.endpoint.address.version != dst.endpoint.address.version:
+                continue
+            if src.host is None and dst.host is None:
+                continue
+            for proto, port in PROBES[src.endpoint.address.version]:
+                yield src, dst, proto, port

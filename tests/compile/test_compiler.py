@@ -138,3 +138,27 @@ def test_lab_example_compiles_to_the_reference_verdicts() -> None:
     assert verdicts[("mon1", "db1", "udp/161")] and verdicts[("db1", "dns1", "udp/53")]
     assert not verdicts[("web1", "external", "tcp/80")] and verdicts[("db1", "external", "tcp/80")]
     assert sum(verdicts.values()) and not all(verdicts.values())
+
+
+def test_a_tap_name_that_two_guests_claim_is_bound_to_neither_until_one_lets_go() -> None:
+    # libvirt reuses vnetN: the next guest's start may be seen before the last one's stop.
+    ps = [policy("p", "application", rule("all", "allow"))]
+    old = guest("old", "h1", {"zone": "web"}, "10.0.0.1", port="vnet0")
+    new = guest("new", "h1", {"zone": "db"}, "10.0.0.2", port="vnet0")
+    for first, second in ((old, new), (new, old)):
+        c = Compiler(HOSTS, ps)
+        c.upsert_guest(first)
+        c.upsert_guest(second)
+        h1 = c.state().hosts["h1"]
+        assert h1.vnics == {} and h1.dispatch == {}  # fail closed, whatever the order
+        c.remove_guest(old.uuid)
+        h1 = c.state().hosts["h1"]
+        assert h1.vnics["vnet0"].guest == "new" and h1.dispatch == {ip_address("10.0.0.2"): identity_id(new.labels)}
+        assert all(identity_id(old.labels) not in name for name in h1.chains)
+    two_nics = Guest("g", "u", "h1", Labels(), (Interface.of("52:54:00:00:00:01", "vnet0", ["10.0.0.1"]),
+                                                 Interface.of("52:54:00:00:00:02", "vnet0", ["10.0.0.2"])))
+    c = Compiler(HOSTS, ps)
+    c.upsert_guest(two_nics)
+    assert c.state().hosts["h1"].vnics == {} and c.state().hosts["h1"].dispatch == {}
+    c.remove_guest("u")
+    assert c.state() == compile_state(Inventory(HOSTS, ()), ps)

@@ -16,12 +16,20 @@ from ipaddress import IPv4Address
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from guestward.compile import CompiledState, Compiler, Endpoint, HostPlan, compile_state, decide
+from guestward.compile import CompiledState, Compiler, HostPlan, compile_state, decide
 from guestward.compile.plan import IPAddress
 from guestward.model import Guest, Inventory
 from guestward.policy import Policy
 from tests.compile import plan_interpreter
-from tests.compile.strategies import HOSTS, OUTSIDE, POOL, guest_versions, inventories, policy_sets
+from tests.compile.strategies import (
+    HOSTS,
+    contested_ports,
+    endpoints,
+    flows,
+    guest_versions,
+    inventories,
+    policy_sets,
+)
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -56,10 +64,12 @@ def change_sequences(draw: st.DrawFn) -> tuple[list[Policy], list[tuple[str, obj
     policies = draw(policy_sets())
     ops: list[tuple[str, object]] = []
     for _ in range(draw(st.integers(1, 14))):
-        kind = draw(st.sampled_from(["upsert", "upsert", "upsert", "remove", "policies"]))
+        kind = draw(st.sampled_from(["upsert", "upsert", "upsert", "remove", "policies", "batch"]))
         index = draw(st.integers(0, 4))
         if kind == "upsert":
             ops.append(("upsert", draw(guest_versions(index))))
+        elif kind == "batch":
+            ops.append(("batch", [draw(guest_versions(i)) for i in draw(st.lists(st.integers(0, 4), max_size=4))]))
         elif kind == "remove":
             ops.append(("remove", f"u{index}"))
         else:
@@ -91,6 +101,10 @@ def test_incremental_updates_equal_from_scratch_and_deltas_replay(
             assert isinstance(arg, Guest)
             deltas = compiler.upsert_guest(arg)
             current[arg.uuid] = arg
+        elif kind == "batch":
+            assert isinstance(arg, list)
+            deltas = compiler.upsert_guests(arg)
+            current.update({g.uuid: g for g in arg})  # the last version of a uuid wins
         elif kind == "remove":
             assert isinstance(arg, str)
             deltas = compiler.remove_guest(arg)
@@ -132,11 +146,16 @@ def test_conflicting_addresses_belong_to_nobody(guests: list[Guest], policies: l
         bound = {a for b in plan.vnics.values() for a in b.addresses}
         assert not (in_sets | bound | set(plan.dispatch)) & conflicted
         assert in_sets | bound | set(plan.dispatch) <= owned  # and inactive guests' addresses are nowhere
-    # an owned address of an active guest on a known host, on a vNIC with a port, is bound there
+    # an owned address of an active guest on a known host, on a vNIC with a port of its own, is bound
+    # there; a port that two guests name is bound to neither
+    contested = contested_ports(guests)
+    for host, port in contested:
+        if host in state.hosts:
+            assert port not in state.hosts[host].vnics
     for g in guests:
         if g.active and g.host in state.hosts:
             for nic in g.interfaces:
-                if nic.port is not None:
+                if nic.port is not None and (g.host, nic.port) not in contested:
                     binding = state.hosts[g.host].vnics[nic.port]
                     assert (binding.guest, binding.mac) == (g.name, nic.mac)
                     assert set(binding.addresses) == set(nic.addresses) & owned
@@ -167,50 +186,16 @@ def test_a_conflict_resolves_when_one_claimant_goes() -> None:
 
 # -- (d) the data plane agrees with the reference verdict -------------------------------------------------
 
-PROBES = {4: (("tcp", 80), ("tcp", 443), ("udp", 53), ("icmp", 0)),
-          6: (("tcp", 80), ("udp", 53), ("icmpv6", 0))}
-
-
-def endpoints(guests: list[Guest], state: CompiledState) -> list[tuple[Endpoint, str | None, str]]:
-    """(endpoint, host of its vNIC or None, owner) for every address a packet can come from or go to."""
-    conflicted = {c.address for c in state.conflicts}
-    claimed = {a for g in guests if g.active for a in g.addresses}
-    out: list[tuple[Endpoint, str | None, str]] = []
-    for g in guests:
-        if not g.active:
-            continue
-        # A guest on a host that guestward does not manage is a managed identity (its addresses are in
-        # the sets) whose own side nobody enforces: only the other end's vNIC decides.
-        host = g.host if g.host in state.hosts else None
-        for nic in g.interfaces:
-            if nic.port is None and host is not None:
-                continue  # a vNIC without a port gets no traffic at all (fail closed)
-            for a in nic.addresses:
-                if a not in conflicted:
-                    out.append((Endpoint(a, g.labels, g.name), host, g.uuid))
-    for a in (*POOL, *OUTSIDE):
-        if a not in claimed:
-            out.append((Endpoint(a), None, f"outside {a}"))
-    return out
-
-
 def check_flows(guests: list[Guest], policies: list[Policy], state: CompiledState) -> int:
-    ends = endpoints(guests, state)
     checked = 0
-    for src, src_host, src_owner in ends:
-        for dst, dst_host, dst_owner in ends:
-            if src_owner == dst_owner or src.address.version != dst.address.version:
-                continue
-            if src_host is None and dst_host is None:
-                continue  # nothing of ours on the path
-            for proto, port in PROBES[src.address.version]:
-                want = decide(policies, src, dst, proto, port)
-                got = plan_interpreter.flow(state, src.address, src_host, dst.address, dst_host, proto, port)
-                event(f"flow {'allowed' if want.allowed else 'blocked'} at {got.where or 'nowhere'}")
-                assert got.allowed == want.allowed, (
-                    f"{src} ({src.labels}) -> {dst} ({dst.labels}) {proto}/{port}: decide says "
-                    f"{want.allowed} ({want.explain()}), the data plane {got}")
-                checked += 1
+    for src, dst, proto, port in flows(endpoints(guests, state)):
+        want = decide(policies, src.endpoint, dst.endpoint, proto, port)
+        got = plan_interpreter.flow(state, src.endpoint.address, src.host, dst.endpoint.address, dst.host, proto, port)
+        event(f"flow {'allowed' if want.allowed else 'blocked'} at {got.where or 'nowhere'}")
+        assert got.allowed == want.allowed, (
+            f"{src.endpoint} ({src.endpoint.labels}) -> {dst.endpoint} ({dst.endpoint.labels}) {proto}/{port}: "
+            f"decide says {want.allowed} ({want.explain()}), the data plane {got}")
+        checked += 1
     return checked
 
 
@@ -231,6 +216,10 @@ def test_data_plane_verdict_after_incremental_changes(case: tuple[list[Policy], 
             assert isinstance(arg, Guest)
             compiler.upsert_guest(arg)
             current[arg.uuid] = arg
+        elif kind == "batch":
+            assert isinstance(arg, list)
+            compiler.upsert_guests(arg)
+            current.update({g.uuid: g for g in arg})
         elif kind == "remove":
             assert isinstance(arg, str)
             compiler.remove_guest(arg)

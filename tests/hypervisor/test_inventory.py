@@ -77,3 +77,25 @@ def test_an_address_for_another_mac_binds_nothing(conn: libvirt.virConnect) -> N
     conn.defineXML(domain("gwt-odd", "52:54:00:aa:00:14", "gwt-tap4", meta))
     (g,) = [g for g in read_guests(HOST, conn) if g.name == "gwt-odd"]
     assert g.interfaces[0].addresses == ()
+
+
+def test_set_label_rewrites_labels_and_keeps_addresses(conn: libvirt.virConnect) -> None:
+    from guestward.hypervisor import domains
+
+    meta = metadata_xml({"zone": "web"}, [("52:54:00:aa:00:15", "10.77.0.15")])
+    conn.defineXML(domain("gwt-lbl", "52:54:00:aa:00:15", "gwt-tap5", meta)).create()
+    # test:///default is one driver per process: the function's own connection sees our domain.
+    assert domains.set_label("test:///default", "gwt-lbl", "guestward.dev/quarantine", "true")
+
+    def read() -> object:
+        (g,) = [g for g in read_guests(HOST, conn) if g.name == "gwt-lbl"]
+        return g
+
+    g = read()
+    assert dict(g.labels) == {"zone": "web", "guestward.dev/quarantine": "true"} and g.labels.quarantined
+    assert g.addresses == (ip_address("10.77.0.15"),)
+    persistent = conn.lookupByName("gwt-lbl").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert "guestward.dev/quarantine" in persistent
+    assert domains.set_label("test:///default", "gwt-lbl", "guestward.dev/quarantine", None)
+    assert dict(read().labels) == {"zone": "web"}
+    assert domains.set_label("test:///default", "gwt-missing", "zone", "db") is False

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from guestward.compile import Decision, Endpoint, compile_state, decide
 from guestward.compile.evaluate import IPAddress
-from guestward.model import Guest, Inventory
+from guestward.model import QUARANTINE_LABEL, Guest, Inventory, label_key_error
+from guestward.model.labels import label_value_error
 from guestward.policy import PolicyError, PortRange, parse_port
 from guestward.reconcile.controller import Controller, read_sources
 from guestward.store.config import LAB_DIR, ConfigError, load_config
@@ -123,6 +124,46 @@ def register(app: typer.Typer) -> None:
         commands = ctl.sync()
         out.print(", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items())) or "no hosts configured",
                   highlight=False)
+
+    def relabel(config: str | None, guest: str, key: str, value: str | None) -> None:
+        ctl = controller(config)
+        try:
+            commands = ctl.set_label(guest, key, value)
+        except KeyError:
+            raise fail(f"no configured host defines a guest named {guest!r}") from None
+        except RuntimeError as exc:
+            raise fail(str(exc)) from None
+        what = f"{key}={value}" if value is not None else f"{key} removed"
+        changed = ", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items()))
+        out.print(f"{guest}: {what}; {changed}", highlight=False)
+
+    @app.command()
+    def label(
+        guest: str,
+        assignment: Annotated[str, typer.Argument(metavar="KEY=VALUE|KEY-", help="set a label, or remove it")],
+        config: ConfigOpt = None,
+    ) -> None:
+        """Set or remove a label in a guest's domain XML (every host that defines it), then enforce."""
+        if assignment.endswith("-") and "=" not in assignment:
+            key, value = assignment[:-1], None
+        elif "=" in assignment:
+            key, value = assignment.split("=", 1)
+        else:
+            raise fail("give KEY=VALUE to set a label or KEY- to remove it")
+        problem = label_key_error(key) or (label_value_error(value) if value is not None else None)
+        if problem:
+            raise fail(problem)
+        relabel(config, guest, key, value)
+
+    @app.command()
+    def quarantine(guest: str, config: ConfigOpt = None) -> None:
+        """Quarantine a guest: only quarantine-tier policies allow its traffic (POLICY.md 2.5)."""
+        relabel(config, guest, QUARANTINE_LABEL[0], QUARANTINE_LABEL[1])
+
+    @app.command()
+    def release(guest: str, config: ConfigOpt = None) -> None:
+        """Take a guest out of quarantine."""
+        relabel(config, guest, QUARANTINE_LABEL[0], None)
 
     @app.command()
     def policies(config: ConfigOpt = None) -> None:

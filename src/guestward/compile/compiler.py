@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from guestward.compile.chains import RuleIndex, identity_chains
 from guestward.compile.plan import (
@@ -31,6 +32,7 @@ from guestward.model import Guest, Host, Inventory, Labels
 from guestward.policy import CidrPeer, Policy
 
 _MISSING = object()
+K = TypeVar("K")
 
 
 @dataclass
@@ -91,6 +93,9 @@ class Compiler:
         self._host_defs = {h.name: h for h in hosts}
         self._guests: dict[str, Guest] = {}
         self._claims: dict[IPAddress, set[str]] = {}
+        # (host, port) -> active guests naming that tap: libvirt reuses tap names (vnetN), so two guests'
+        # updates can overlap; a port claimed twice is bound to neither until one lets go (fail closed).
+        self._port_claims: dict[tuple[str, str], set[str]] = {}
         self.set_policies(list(policies))
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -165,6 +170,7 @@ class Compiler:
         """Replace each (old, new) pair of one uuid (None: absent), re-deriving every guest that shares
         an address with one of them (ownership of a shared address changes with them)."""
         addrs: set[IPAddress] = set()
+        ports: set[tuple[str, str]] = set()
         affected: set[str] = set()
         for old, new in changes:
             for g in (old, new):
@@ -172,7 +178,9 @@ class Compiler:
                     affected.add(g.uuid)
                     if g.active:
                         addrs.update(g.addresses)
+                        ports.update(_ports(g))
         affected |= {u for a in addrs for u in self._claims.get(a, ())}
+        affected |= {u for p in ports for u in self._port_claims.get(p, ())}
         self._begin()
         for uuid in sorted(affected):
             if uuid in self._guests:
@@ -191,14 +199,8 @@ class Compiler:
     def _claim(self, g: Guest, sign: int) -> None:
         if not g.active:
             return
-        for a in set(g.addresses):
-            claimants = self._claims.setdefault(a, set())
-            if sign > 0:
-                claimants.add(g.uuid)
-            else:
-                claimants.discard(g.uuid)
-                if not claimants:
-                    del self._claims[a]
+        _tally(self._claims, set(g.addresses), g.uuid, sign)
+        _tally(self._port_claims, _ports(g), g.uuid, sign)
 
     def _owned(self, g: Guest, addresses: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
         return tuple(a for a in addresses if self._claims.get(a) == {g.uuid})
@@ -234,8 +236,12 @@ class Compiler:
         hs = self._hosts.get(g.host)
         if hs is not None:
             ident = identity_id(g.labels)
+            named = [nic.port for nic in g.interfaces]
             for nic in g.interfaces:
-                if nic.port is None:
+                # A port that another guest, or another vNIC of this one, also names is bound to none.
+                if nic.port is None or named.count(nic.port) > 1:
+                    continue
+                if self._port_claims.get((g.host, nic.port)) != {g.uuid}:
                     continue
                 nic_owned = self._owned(g, nic.addresses)
                 self._set_vnic(hs, nic.port, VnicBinding(nic.port, nic.mac, g.name, ident, nic_owned))
@@ -285,7 +291,10 @@ class Compiler:
         deltas: dict[str, HostDelta] = {}
 
         def delta(host: str) -> HostDelta:
-            return deltas.setdefault(host, HostDelta())
+            d = deltas.get(host)
+            if d is None:  # not setdefault: that would build a HostDelta for every changed item
+                d = deltas[host] = HostDelta()
+            return d
 
         for (h, port), orig in self._orig_vnics.items():
             now = self._hosts[h].vnics.get(port)
@@ -382,6 +391,21 @@ class Compiler:
                 s.add(addr)
             else:
                 s.discard(addr)
+
+
+def _ports(g: Guest) -> set[tuple[str, str]]:
+    return {(g.host, nic.port) for nic in g.interfaces if nic.port is not None}
+
+
+def _tally(claims: dict[K, set[str]], keys: Iterable[K], uuid: str, sign: int) -> None:
+    for key in keys:
+        claimants = claims.setdefault(key, set())
+        if sign > 0:
+            claimants.add(uuid)
+        else:
+            claimants.discard(uuid)
+            if not claimants:
+                del claims[key]
 
 
 @dataclass

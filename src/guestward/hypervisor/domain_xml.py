@@ -84,10 +84,29 @@ def guest_from_xml(xml: str, host: str, active: bool) -> Guest:
                  active=active)
 
 
-def metadata_xml(labels: dict[str, str], addresses: list[tuple[str, str]]) -> str:
-    """The `<gw:guest>` element for `setMetadata` / domain XML (values are escaped)."""
+def metadata_addresses(guest_el: Element | None) -> list[tuple[str, str]]:
+    """The (mac, address) pairs of a `<gw:guest>` element, as written (for rewriting its labels)."""
+    if guest_el is None:
+        return []
+    return [((el.get("mac") or "").lower(), (el.text or "").strip()) for el in guest_el.findall(f"{{{NS}}}address")]
+
+
+def guest_element(xml: str) -> Element | None:
+    """The `<gw:guest>` element of a domain XML document, if any."""
+    if len(xml) > MAX_XML_BYTES:
+        raise ValueError("domain XML larger than 4 MiB")
+    meta_el = SafeET.fromstring(xml).find("metadata")
+    return meta_el.find(f"{{{NS}}}guest") if meta_el is not None else None
+
+
+def metadata_xml(labels: dict[str, str], addresses: list[tuple[str, str]], *, for_set_metadata: bool = False) -> str:
+    """The `<gw:guest>` element for domain XML (values are escaped). `for_set_metadata`: the same
+    element without namespace prefixes, as `virDomainSetMetadata` wants it (libvirt applies the
+    namespace it is given)."""
     from xml.sax.saxutils import escape, quoteattr
 
-    parts = [f"<gw:label key={quoteattr(k)}>{escape(v)}</gw:label>" for k, v in sorted(labels.items())]
-    parts += [f"<gw:address mac={quoteattr(m)}>{escape(a)}</gw:address>" for m, a in addresses]
-    return f'<gw:guest xmlns:gw="{NS}">' + "".join(parts) + "</gw:guest>"
+    p = "" if for_set_metadata else "gw:"
+    parts = [f"<{p}label key={quoteattr(k)}>{escape(v)}</{p}label>" for k, v in sorted(labels.items())]
+    parts += [f"<{p}address mac={quoteattr(m)}>{escape(a)}</{p}address>" for m, a in addresses]
+    opening = "<guest>" if for_set_metadata else f'<gw:guest xmlns:gw="{NS}">'
+    return opening + "".join(parts) + f"</{p}guest>"

@@ -7,6 +7,7 @@ import time
 import libvirt
 
 from guestward.hypervisor import inventory as _inventory  # noqa: F401  (installs the quiet error handler)
+from guestward.hypervisor.domain_xml import NS, guest_element, metadata_addresses, metadata_xml, parse_metadata
 
 
 class HypervisorError(RuntimeError):
@@ -81,3 +82,27 @@ def domain_names(uri: str) -> list[str]:
 
 def live_xml(uri: str, name: str) -> str:
     return str(_conn(uri).lookupByName(name).XMLDesc(0))
+
+
+def set_label(uri: str, name: str, key: str, value: str | None) -> bool:
+    """Set (or, with value None, remove) one guestward label in a guest's `<metadata>`, in its live
+    definition when it runs and in its persistent one when it has one; addresses are kept as they
+    are. Returns False when the guest is not defined on this host."""
+    try:
+        dom = _conn(uri).lookupByName(name)
+    except libvirt.libvirtError:
+        return False
+    try:
+        guest_el = guest_element(dom.XMLDesc(0))
+        labels = dict(parse_metadata(guest_el).labels)
+        if value is None:
+            labels.pop(key, None)
+        else:
+            labels[key] = value
+        body = metadata_xml(labels, metadata_addresses(guest_el), for_set_metadata=True)
+        flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0) | (
+            libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0)
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, body, "gw", NS, flags)
+    except libvirt.libvirtError as exc:
+        raise HypervisorError(f"label {name}: {exc.get_error_message()}") from None
+    return True

@@ -12,7 +12,7 @@ from pathlib import Path
 
 KERNEL_DIR = Path(os.environ.get("GUESTWARD_ASSETS", "/var/cache/guestward/assets")) / "kernel"
 MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
-           "failover", "net_failover", "virtio_net"]
+           "failover", "net_failover", "virtio_net", "virtio_console"]
 
 
 class AssetError(RuntimeError):
@@ -46,7 +46,11 @@ def build_initrd(out: Path, gw_net: Path) -> Path:
     for f in (init, tree / "bin" / "busybox", tree / "bin" / "gw-net"):
         f.chmod(0o755)
     for m in MODULES:
-        shutil.copy(KERNEL_DIR / "modules" / f"{m}.ko", tree / "lib" / "modules" / f"{m}.ko")
+        try:
+            shutil.copy(KERNEL_DIR / "modules" / f"{m}.ko", tree / "lib" / "modules" / f"{m}.ko")
+        except FileNotFoundError:
+            raise AssetError(f"no {m}.ko in {KERNEL_DIR / 'modules'}: run scripts/bootstrap.sh") from None
+    (tree / "lib" / "modules" / "order").write_text("\n".join(MODULES) + "\n")
     listing = subprocess.run(["find", "."], cwd=tree, capture_output=True, check=True).stdout
     archive = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc"], cwd=tree, input=listing,
                              capture_output=True, check=True).stdout

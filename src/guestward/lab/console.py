@@ -1,7 +1,8 @@
-"""The guest command channel: a shell on the guest's ttyS1, reached through a unix socket.
+"""The guest command channel: a virtio-serial port in the guest, a unix socket on the host.
 
-Each command is framed by begin/end markers printed with printf, so the tty's echo of the command
-line never contains them; the end marker carries the exit status. One command at a time per guest
+The guest runs each line it reads as a shell command (lab/guest/init.sh). Each command is framed by
+begin/end markers printed with printf, so the command line itself never contains them; the end marker
+carries the exit status. One command at a time per guest
 (a lock file serialises callers, across processes).
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
@@ -84,16 +85,18 @@ class Scenario(BaseModel):
                 if g.address in taken:
                     raise ValueError(f"guest {g.name}: address {g.address} already in use")
                 taken.add(g.address)
-        free = (a for a in list(self.network.hosts())[10:] if a not in taken)
+        free = (a for a in itertools.islice(self.network.hosts(), 10, None) if a not in taken)
         for g in self.guests:
             if g.address is None:
-                g.address = next(free)
+                g.address = next(free, None)
+                if g.address is None:
+                    raise ValueError(f"guest {g.name}: no free address left in network {self.network}")
                 taken.add(g.address)
         return self
 
     def host_address(self, host: str) -> IPv4Address:
         """Each host's own address on the lab network: from the top of the range down."""
-        return list(self.network.hosts())[-1 - self.hosts.index(host)]
+        return self.network.broadcast_address - 1 - self.hosts.index(host)
 
     def interface(self, address: IPv4Address) -> IPv4Interface:
         return IPv4Interface(f"{address}/{self.network.prefixlen}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from guestward.compile import CompiledState, compile_state
 from guestward.enforce import Enforcer, NftRunner
+from guestward.hypervisor import domains
 from guestward.hypervisor.inventory import read_inventory
 from guestward.model import Inventory
 from guestward.policy import Policy, parse_policies
@@ -85,6 +86,15 @@ class Controller:
         """Enforce the stored policies on the current inventory, on every host."""
         state = self.compiled(starting=starting)
         return {h: self.enforcer(h).sync(plan).commands for h, plan in state.hosts.items()}
+
+    def set_label(self, guest: str, key: str, value: str | None) -> dict[str, int]:
+        """Set or remove a label on every definition of `guest` (any host), then enforce.
+        Raises KeyError when no configured host defines the guest."""
+        found = [h.name for h in self.config.hosts if domains.set_label(h.uri, guest, key, value)]
+        if not found:
+            raise KeyError(guest)
+        self.store.record("label", guest, key=key, value=value, hosts=found)
+        return self.sync()
 
     def apply(self, sources: list[tuple[str, str]], *, replace_all: bool = False,
               starting: Iterable[str] = ()) -> ApplyReport:
