@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from common import median, summary, table, timed, write_result
-from netns import Testbed, daemon, in_ns, make_testbed, nft, remove_all, remove_testbed, sh
+from netns import Testbed, daemon, in_ns, make_testbed, nft, remove_all, remove_run_dir, remove_testbed, sh
 from workload import (
     TEST_PORT,
     Shape,
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         for tb in beds.values():
             remove_testbed(tb)
         remove_all(NS_PREFIX)
+        remove_run_dir(RUN_DIR)
     res = summarise(samples, loads, checks)
     print(report(res))
     print(f"\nwritten: {write_result('data_plane', res)}")

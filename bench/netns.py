@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -128,6 +129,13 @@ def daemon(argv: list[str], pidfile: Path) -> Iterator[int]:
         kill_pidfile(pidfile)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
+
+
+def remove_run_dir(path: Path) -> None:
+    """Remove a benchmark's scratch directory, and its parent (/var/tmp/guestward-bench) once empty."""
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
 
 
 def kill_pidfile(pidfile: Path, timeout: float = 10.0) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import libvirt
 from common import summary, table, timed, write_result
-from netns import add_netns, del_netns, in_ns, kill_pidfile, sh
+from netns import add_netns, del_netns, in_ns, kill_pidfile, remove_run_dir, sh
 
 from guestward.compile import compile_state
 from guestward.enforce import Enforcer, NftRunner
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_libvirtd(BASE)
         del_netns(NS)
-        shutil.rmtree(BASE, ignore_errors=True)
+        remove_run_dir(BASE)
     res = summarise(nwf, gw, start_s + conn_s)
     print(report(res))
     print(f"\nwritten: {write_result('nwfilter', res)}")

@@ -27,7 +27,8 @@ while [ -z "$CMD" ] && [ $n -lt 100 ]; do
 done
 if [ -n "$CMD" ] && [ -e "$CMD" ]; then
   # One open, read-write (a virtio port opens once). A read while the host side is closed is EOF, so
-  # the port is reopened after every session, with a short pause while nobody is connected.
+  # the port is reopened after every session; what arrives while it is closed is lost, which is why
+  # the host repeats a hello line until one is answered (lab/console.py).
   while true; do
     (
       exec <>"$CMD" >&0 2>&0
@@ -38,7 +39,7 @@ if [ -n "$CMD" ] && [ -e "$CMD" ]; then
         n=$((n+1)); eval "$line" </dev/null >/tmp/cmd.$n 2>&1; cat /tmp/cmd.$n; rm -f /tmp/cmd.$n
       done
     )
-    sleep 0.2
+    sleep 0.1   # nobody connected: a read is EOF at once
   done &
 else
   echo "GW-ERROR no command channel: $(ls /sys/class/virtio-ports /dev 2>&1 | tr '\n' ' ')"
