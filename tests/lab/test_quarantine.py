@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from guestward.hypervisor import domains
@@ -45,3 +47,19 @@ def test_label_command_rejects_bad_labels_and_unknown_guests(lab: Lab) -> None:
     assert r.returncode == 2 and "invalid label key" in r.stderr
     r = guestward("label", "nosuch", "zone=web")
     assert r.returncode == 2 and "nosuch" in r.stderr
+
+
+def test_quarantine_cuts_connections_that_are_already_open(lab: Lab) -> None:
+    # lb1 -> web1 tcp/443 is allowed; hold a connection open, echoing a line every 50 ms for 10 s.
+    assert lab.exec("lb1", ["gw-net stream 10.77.0.11 443 10 >/tmp/held.out 2>&1 &"]).status == 0
+    time.sleep(3)
+    r = guestward("quarantine", "web1")
+    assert r.returncode == 0, r.stderr
+    try:
+        time.sleep(9)
+        out = lab.exec("lb1", ["cat /tmp/held.out"]).output
+    finally:
+        assert guestward("release", "web1").returncode == 0
+    fields = dict(kv.split("=") for kv in out.split()[1:]) if out.startswith("stream ") else {}
+    # The echoes stopped when the quarantine began (about 7 s before the end), not at the end.
+    assert fields and int(fields["max_gap_ms"]) > 4000, out

@@ -105,7 +105,10 @@ def probe(
         else:
             if not (src and dst and port):
                 raise _fail("give SRC DST PROTO/PORT, or --all")
-            flows = [Flow(src, dst, parse_port(port))]
+            flow_port = parse_port(port)
+            if flow_port.protocol == "any" or flow_port.first != flow_port.last:
+                raise _fail("a probe is one flow: tcp/PORT, udp/PORT or icmp")
+            flows = [Flow(src, dst, flow_port)]
         results = lab.probe(flows)
     except (LabError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from None

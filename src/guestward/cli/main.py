@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from guestward.cli import lab_cmd, policy_cmd
@@ -15,3 +17,14 @@ app = typer.Typer(
 )
 policy_cmd.register(app)
 app.add_typer(lab_cmd.app, name="lab")
+
+
+def main() -> None:
+    """The entry point: an error guestward did not expect in a command (an unreachable host, a failed
+    nft transaction) is one line on stderr and exit 2, never a traceback and never exit 1, which
+    `explain` and `lab probe` use for "blocked"."""
+    try:
+        app()
+    except (RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

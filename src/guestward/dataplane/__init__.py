@@ -10,8 +10,10 @@ guestward owns two tables per host and nothing else:
     (marked "to a local vNIC"), uplinks pass, unknown ports are dropped.
 `inet guestward` (stateful policy, through br_netfilter's conntrack; TESTBED.md 4.1)
   forward/input 0: established/related pass; a packet from a local vNIC goes through its identity's
-    egress chain (`ip saddr vmap @eg4`), a packet to a local vNIC through the destination's ingress
-    chain (`ip daddr vmap @in4`); both must allow. Identity chains reference one set per selector.
+    egress chain (`ip saddr vmap @eg4`); then every packet to a local guest's address goes through
+    that receiver's ingress chain (`ip daddr vmap @in4`), whichever way it came (a local vNIC, an
+    uplink, or routed by the host); both must allow. output 0: the host's own packets to a local
+    guest get the same ingress chain. Identity chains reference one set per selector.
 """
 
 from guestward.dataplane.diff import diff_objects

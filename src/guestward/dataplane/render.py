@@ -129,12 +129,13 @@ def skeleton(settings: Settings) -> NftObjects:
         _rule("not for this vNIC's addresses", COUNTER, {"drop": None}),
     )))
 
+    established = _m({"ct": {"key": "state"}}, ["established", "related"], "in")
+
     def egress_dispatch(hook: str) -> tuple[NftRule, ...]:
         return (
-            _rule(f"{hook}: not a local vNIC's traffic", _mark_has(eg | ing, False), {"accept": None}),
-            _rule(f"{hook}: replies and related", _m({"ct": {"key": "state"}}, ["established", "related"], "in"),
-                  {"accept": None}),
-            _rule(f"{hook}: invalid", _m({"ct": {"key": "state"}}, "invalid", "in"), COUNTER, {"drop": None}),
+            _rule(f"{hook}: replies and related", established, {"accept": None}),
+            _rule(f"{hook}: invalid, from or to a local vNIC", _m({"&": [_meta("mark"), eg | ing]}, 0, "!="),
+                  _m({"ct": {"key": "state"}}, "invalid", "in"), COUNTER, {"drop": None}),
             _rule(f"{hook}: ipv6 neighbour discovery (link scope; sources checked at the bridge)",
                   _m(_meta("l4proto"), "ipv6-icmp"), _m(_pl("icmpv6", "type"), {"set": ND_TYPES}),
                   {"accept": None}),
@@ -148,13 +149,19 @@ def skeleton(settings: Settings) -> NftObjects:
 
     o.add_chain(NftChain(INET, "forward", egress_dispatch("forward"), hook="forward", priority=0))
     o.add_chain(NftChain(INET, "input", egress_dispatch("input"), hook="input", priority=0))
+    # The host's own packets (and everything it routes, in forward) to a local guest's address get the
+    # receiver's ingress policy too: the address, not the bridge port, names the receiver here.
+    o.add_chain(NftChain(INET, "output", (
+        _rule("output: replies and related", established, {"accept": None}),
+        _rule("output: to ingress", {"goto": {"target": "ingress"}}),
+    ), hook="output", priority=0))
     o.add_chain(NftChain(INET, "ingress", (
-        _rule("ingress: not to a local vNIC", _mark_has(ing, False), {"accept": None}),
         _rule("ingress of the receiver's identity (v4)", _m(_meta("nfproto"), "ipv4"),
               {"vmap": {"key": _pl("ip", "daddr"), "data": "@in4"}}),
         _rule("ingress of the receiver's identity (v6)", _m(_meta("nfproto"), "ipv6"),
               {"vmap": {"key": _pl("ip6", "daddr"), "data": "@in6"}}),
-        _rule("receiver without identity: fail closed", COUNTER, {"drop": None}),
+        _rule("to a local vNIC, receiver without identity: fail closed", _mark_has(ing), COUNTER, {"drop": None}),
+        _rule("not to a local guest", {"accept": None}),
     )))
     return o
 

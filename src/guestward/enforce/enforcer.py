@@ -9,6 +9,7 @@ Contracts:
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from guestward.dataplane.readback import parse_tables
 
 TABLE = "guestward"
 FAMILIES = ("bridge", "inet")
+BRIDGE_NF_SYSCTLS = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
 
 
 class EnforceError(RuntimeError):
@@ -36,6 +38,13 @@ class NftRunner:
     def _argv(self, *args: str) -> list[str]:
         base = ["nft", *args]
         return ["nsenter", f"--net=/run/netns/{self.netns}", *base] if self.netns else base
+
+    def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """Any command in the runner's network namespace."""
+        base = list(argv)
+        if self.netns:
+            base = ["nsenter", f"--net=/run/netns/{self.netns}", *base]
+        return subprocess.run(base, capture_output=True, text=True, check=False)
 
     def run_json(self, commands: list[dict[str, Any]]) -> None:
         payload = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})
@@ -86,9 +95,34 @@ class Enforcer:
                 docs.append(doc)
         return parse_tables(docs), missing
 
+    def ensure_bridge_netfilter(self) -> None:
+        """Bridged IP must walk the inet hooks, where the stateful policy runs: without it every guest
+        packet with a bound source would pass unfiltered. Switch it on (as Proxmox's firewall does),
+        or refuse to enforce."""
+        for key in BRIDGE_NF_SYSCTLS:
+            proc = self.runner.run("sysctl", "-qw", f"{key}=1")
+            if proc.returncode != 0:
+                raise EnforceError(f"cannot set {key}=1 ({proc.stderr.strip()}): guest traffic would not be "
+                                   "filtered, so nothing was enforced")
+
+    def forget_connections(self, addresses: list[str]) -> int:
+        """Delete the conntrack entries from or to these addresses, so their connections are judged
+        again by the policy now in force (used when a guest is quarantined). Returns how many went."""
+        deleted = 0
+        for addr in addresses:
+            for flag in ("-s", "-d"):
+                proc = self.runner.run("conntrack", "-D", flag, addr)
+                m = re.search(r"(\d+) flow entries have been deleted", proc.stderr)
+                if m:
+                    deleted += int(m.group(1))
+                elif proc.returncode != 0:
+                    raise EnforceError(f"conntrack -D {flag} {addr}: {proc.stderr.strip()}")
+        return deleted
+
     def sync(self, plan: HostPlan) -> ApplyResult:
         """Make the kernel hold exactly `plan` in our tables (a full diff against a read-back)."""
         start = time.monotonic()
+        self.ensure_bridge_netfilter()
         desired = render_plan(plan, self.settings)
         current, missing = self.read()
         commands = diff_objects(current, desired)
@@ -107,7 +141,7 @@ class Enforcer:
         return ApplyResult(len(commands), time.monotonic() - start)
 
     def remove(self) -> None:
-        """Delete our tables (used by `lab down` and uninstall), leaving everything else alone."""
+        """Delete our tables, leaving everything else alone."""
         _, missing = self.read()
         cmds = [{"delete": {"table": {"family": f, "name": TABLE}}} for f in FAMILIES if f not in missing]
         if cmds:

@@ -8,10 +8,7 @@ import libvirt
 
 from guestward.hypervisor import inventory as _inventory  # noqa: F401  (installs the quiet error handler)
 from guestward.hypervisor.domain_xml import NS, guest_element, metadata_addresses, metadata_xml, parse_metadata
-
-
-class HypervisorError(RuntimeError):
-    pass
+from guestward.hypervisor.errors import HypervisorError
 
 
 def _conn(uri: str) -> libvirt.virConnect:

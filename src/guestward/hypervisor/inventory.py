@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import libvirt
 
 from guestward.hypervisor.domain_xml import guest_from_xml
+from guestward.hypervisor.errors import HypervisorError
 from guestward.model import Guest, Host, Inventory
 
 log = logging.getLogger(__name__)
@@ -21,13 +22,20 @@ libvirt.registerErrorHandler(_quiet, None)
 
 
 def open_host(host: Host) -> libvirt.virConnect:
-    return libvirt.open(host.uri)
+    try:
+        return libvirt.open(host.uri)
+    except libvirt.libvirtError as exc:
+        raise HypervisorError(f"host {host.name} ({host.uri}): {exc.get_error_message()}") from None
 
 
 def read_guests(host: Host, conn: libvirt.virConnect | None = None) -> list[Guest]:
     conn = conn or open_host(host)
     guests = []
-    for dom in conn.listAllDomains():
+    try:
+        domains = conn.listAllDomains()
+    except libvirt.libvirtError as exc:
+        raise HypervisorError(f"host {host.name}: {exc.get_error_message()}") from None
+    for dom in domains:
         try:
             active = bool(dom.isActive())
             guests.append(guest_from_xml(dom.XMLDesc(0), host.name, active))

@@ -36,6 +36,8 @@ def read_sources(path: Path) -> list[tuple[str, str]]:
     """A policy file, or every *.yaml / *.yml file of a directory (sorted), as (name, text)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"{path}: no *.yaml or *.yml files (nothing would be applied)")
     else:
         files = [path]
     out = []
@@ -94,14 +96,22 @@ class Controller:
         if not found:
             raise KeyError(guest)
         self.store.record("label", guest, key=key, value=value, hosts=found)
-        return self.sync()
+        commands = self.sync()
+        inventory = self.inventory()
+        g = inventory.guest(guest)
+        if g is not None and g.labels.quarantined:
+            # Quarantine also cuts what is already open: its connections are judged again, by the
+            # quarantine tier only.
+            addresses = [str(a) for a in g.addresses]
+            for h in self.config.hosts:
+                self.enforcer(h.name).forget_connections(addresses)
+        return commands
 
     def apply(self, sources: list[tuple[str, str]], *, replace_all: bool = False,
               starting: Iterable[str] = ()) -> ApplyReport:
         new = parse_policies(sources)  # raises PolicyError: nothing changed
         current = {p.name: p for p in self.policies()} if not replace_all else {}
         merged = {**current, **{p.name: p for p in new}}
-        # Re-validate the merged set as one (names are unique by construction; this re-checks sources).
         policies = list(merged.values())
         inventory = self.inventory(starting)
         previous = compile_state(inventory, list(current.values()) if not replace_all else self.policies())
