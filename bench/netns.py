@@ -7,14 +7,13 @@ namespace (through `nsenter`), never in the root namespace.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from guestward.lab import hosts
 
 PREFIX = "gwb-"
 
@@ -139,24 +138,7 @@ def remove_run_dir(path: Path) -> None:
 
 
 def kill_pidfile(pidfile: Path, timeout: float = 10.0) -> None:
-    """SIGTERM the process named in `pidfile` (then SIGKILL after `timeout`); only ever our own processes."""
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pidfile.unlink(missing_ok=True)
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    """Stop the process named in `pidfile` (the lab's own killer: our processes only), then drop the file."""
+    hosts.kill_pidfile(pidfile, timeout)
     pidfile.unlink(missing_ok=True)
+

@@ -30,13 +30,13 @@ from netns import add_netns, del_netns, in_ns, kill_pidfile, remove_run_dir, sh
 
 from guestward.compile import compile_state
 from guestward.enforce import Enforcer, NftRunner
+from guestward.lab import hosts
 from guestward.model import Guest, Host, Interface, Inventory, Labels
 from guestward.policy import parse_policies
 
 NS = "gwb-nwf"
 BRIDGE, TAP = "gwbbr0", "gwbtap0"
 BASE = Path("/var/tmp/guestward-bench/nwfilter")
-CAPS_CACHE = Path("/var/cache/guestward/libvirt-cache")  # the lab's QEMU capabilities probe, copied if there
 MAC, ADDRESS = "52:54:00:77:00:11", "10.250.0.10"
 RULES = 1000
 FILTER = "gwb-1000"
@@ -49,25 +49,9 @@ def targets(n: int = RULES) -> list[str]:
 # -- our own libvirtd ---------------------------------------------------------------------------------
 
 def start_libvirtd(d: Path) -> str:
-    """virtlogd + libvirtd in netns NS and a private mount + UTS namespace, config and state under d."""
-    for sub in ("etc", "run", "lib", "cache", "log", "sock"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copytree("/etc/libvirt", d / "etc", dirs_exist_ok=True, symlinks=True)
-    shutil.copytree("/var/lib/libvirt", d / "lib", dirs_exist_ok=True, symlinks=True)
-    if CAPS_CACHE.exists():
-        shutil.copytree(CAPS_CACHE, d / "cache", dirs_exist_ok=True, symlinks=True)
-    for autostart in (d / "etc" / "qemu" / "networks" / "autostart").glob("*"):
-        autostart.unlink()
-    host_uuid = uuid.uuid5(uuid.NAMESPACE_URL, "guestward-bench/nwfilter")
-    with open(d / "etc" / "libvirtd.conf", "a") as f:
-        f.write(f'\nunix_sock_dir = "{d}/sock"\nhost_uuid = "{host_uuid}"\n')
-    binds = " ".join(f"mount --bind {d}/{src} {dst};" for src, dst in (
-        ("etc", "/etc/libvirt"), ("run", "/run/libvirt"), ("lib", "/var/lib/libvirt"),
-        ("log", "/var/log/libvirt"), ("cache", "/var/cache/libvirt")))
-    script = f"hostname {NS}; {binds} virtlogd -d -p {d}/run/virtlogd.pid && libvirtd -d -p {d}/run/libvirtd.pid"
-    Path("/run/libvirt").mkdir(parents=True, exist_ok=True)
-    sh(*in_ns(NS, "unshare", "-m", "-u", "--propagation", "private", "sh", "-c", script))
-    return f"qemu+unix:///system?socket={d}/sock/libvirt-sock"
+    """virtlogd + libvirtd in netns NS and a private mount + UTS namespace, config and state under d
+    (the lab's own starter)."""
+    return hosts.start_private_libvirtd(NS, d, NS, "guestward-bench/nwfilter")
 
 
 def connect(uri: str, timeout: float = 60.0) -> libvirt.virConnect:

@@ -95,7 +95,13 @@ def socket_uri(lab_dir: Path, host: str) -> str:
 
 def start_libvirtd(lab_dir: Path, host: str) -> str:
     """Start virtlogd + libvirtd for `host` in its namespaces, with private config and state. Returns the URI."""
-    d = host_dir(lab_dir, host)
+    return start_private_libvirtd(netns_name(host), host_dir(lab_dir, host), host, f"guestward-lab/{host}")
+
+
+def start_private_libvirtd(netns: str, d: Path, hostname: str, identity: str) -> str:
+    """virtlogd + libvirtd inside network namespace `netns`, in a private mount and UTS namespace (hostname
+    `hostname`), with config and state copied under `d` and a host UUID derived from `identity` (distinct
+    hosts need distinct UUIDs to migrate between them). Returns the daemon's URI."""
     for sub in ("etc", "run", "lib", "cache", "log", "sock"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     shutil.copytree("/etc/libvirt", d / "etc", dirs_exist_ok=True, symlinks=True)
@@ -104,18 +110,18 @@ def start_libvirtd(lab_dir: Path, host: str) -> str:
         shutil.copytree(CAPS_CACHE, d / "cache", dirs_exist_ok=True, symlinks=True)
     for autostart in (d / "etc" / "qemu" / "networks" / "autostart").glob("*"):
         autostart.unlink()
-    host_uuid = uuid.uuid5(uuid.NAMESPACE_URL, f"guestward-lab/{host}")
+    host_uuid = uuid.uuid5(uuid.NAMESPACE_URL, identity)
     with open(d / "etc" / "libvirtd.conf", "a") as f:
         f.write(f'\nunix_sock_dir = "{d}/sock"\nhost_uuid = "{host_uuid}"\n')
     binds = " ".join(
         f"mount --bind {d}/{src} {dst};" for src, dst in (
             ("etc", "/etc/libvirt"), ("run", "/run/libvirt"), ("lib", "/var/lib/libvirt"),
             ("log", "/var/log/libvirt"), ("cache", "/var/cache/libvirt")))
-    script = (f"hostname {host}; {binds} "
+    script = (f"hostname {hostname}; {binds} "
               f"virtlogd -d -p {d}/run/virtlogd.pid && libvirtd -d -p {d}/run/libvirtd.pid")
     Path("/run/libvirt").mkdir(parents=True, exist_ok=True)
-    sh(*in_ns(netns_name(host), "unshare", "-m", "-u", "--propagation", "private", "sh", "-c", script))
-    return socket_uri(lab_dir, host)
+    sh(*in_ns(netns, "unshare", "-m", "-u", "--propagation", "private", "sh", "-c", script))
+    return f"qemu+unix:///system?socket={d}/sock/libvirt-sock"
 
 
 def save_caps_cache(lab_dir: Path, host: str) -> None:
@@ -126,7 +132,9 @@ def save_caps_cache(lab_dir: Path, host: str) -> None:
         shutil.copytree(src, CAPS_CACHE, dirs_exist_ok=True, symlinks=True)
 
 
-def _kill_pidfile(pidfile: Path, timeout: float = 10.0) -> None:
+def kill_pidfile(pidfile: Path, timeout: float = 10.0) -> None:
+    """SIGTERM the process named in `pidfile`, SIGKILL it after `timeout`: only ever our own processes
+    (PIDs wrap fast here, so never by name)."""
     try:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
@@ -149,13 +157,9 @@ def _kill_pidfile(pidfile: Path, timeout: float = 10.0) -> None:
 def stop_host(lab_dir: Path, host: str) -> None:
     d = host_dir(lab_dir, host)
     for qemu_pid in (d / "run" / "qemu").glob("*.pid"):  # guests libvirt could not stop
-        _kill_pidfile(qemu_pid, timeout=2.0)
-    _kill_pidfile(d / "run" / "libvirtd.pid")
-    _kill_pidfile(d / "run" / "virtlogd.pid")
-
-
-def kill_pidfile(pidfile: Path) -> None:
-    _kill_pidfile(pidfile)
+        kill_pidfile(qemu_pid, timeout=2.0)
+    kill_pidfile(d / "run" / "libvirtd.pid")
+    kill_pidfile(d / "run" / "virtlogd.pid")
 
 
 def remove_networks(prefix: str = "gwl-") -> None:
