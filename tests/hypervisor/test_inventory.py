@@ -62,11 +62,9 @@ def test_labels_and_addresses_come_from_metadata(conn: libvirt.virConnect) -> No
 def test_set_metadata_changes_what_guestward_reads(conn: libvirt.virConnect) -> None:
     dom = conn.defineXML(domain("gwt-db1", "52:54:00:aa:00:13", "gwt-tap3"))
     dom.create()
-    body = metadata_xml({"zone": "db"}, [("52:54:00:aa:00:13", "10.77.0.13")])
     # setMetadata takes the element without its namespace declaration; libvirt adds it with the key.
-    inner = body.split(">", 1)[1].rsplit("</gw:guest>", 1)[0]
-    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, f"<guest>{inner.replace('gw:', '')}</guest>", "gw", NS,
-                    libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    body = metadata_xml({"zone": "db"}, [("52:54:00:aa:00:13", "10.77.0.13")], for_set_metadata=True)
+    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, body, "gw", NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     (g,) = [g for g in read_guests(HOST, conn) if g.name == "gwt-db1"]
     assert dict(g.labels) == {"zone": "db"}
     assert g.addresses == (ip_address("10.77.0.13"),)

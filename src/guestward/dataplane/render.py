@@ -78,6 +78,11 @@ def set_name(digest: str, version: int) -> str:
     return f"s-{digest}-{version}"
 
 
+def selector_set(digest: str, version: int) -> NftSet:
+    """The named address set of one selector, for one IP version."""
+    return NftSet(INET, set_name(digest, version), ("ipv4_addr" if version == 4 else "ipv6_addr",))
+
+
 # -- the fixed skeleton --------------------------------------------------------------------------------
 
 def skeleton(settings: Settings) -> NftObjects:
@@ -264,7 +269,7 @@ def render_plan(plan: HostPlan, settings: Settings = Settings()) -> NftObjects:
         _add_elements(o, dispatch_elements(addr, ident))
     for digest, members in plan.sets.items():
         for v in (4, 6):
-            s = NftSet(INET, set_name(digest, v), ("ipv4_addr" if v == 4 else "ipv6_addr",))
+            s = selector_set(digest, v)
             o.add_set(s)
             o.elements[(INET, s.name)] = {str(a) for a in members if a.version == v}
     for chain in plan.chains.values():
@@ -297,15 +302,15 @@ def render_delta(old: HostPlan, delta: HostDelta, settings: Settings = Settings(
             after.add_chain(chain_object(chain, settings))
     for digest in delta.sets_removed:
         for v in (4, 6):
-            before.add_set(NftSet(INET, set_name(digest, v), ("ipv4_addr" if v == 4 else "ipv6_addr",)))
+            before.add_set(selector_set(digest, v))
     for digest, members in delta.sets_added.items():
         for v in (4, 6):
-            s = NftSet(INET, set_name(digest, v), ("ipv4_addr" if v == 4 else "ipv6_addr",))
+            s = selector_set(digest, v)
             after.add_set(s)
             after.elements[(INET, s.name)] = {str(a) for a in members if a.version == v}
     for digest in delta.elements_added.keys() | delta.elements_removed.keys():
         for v in (4, 6):
-            s = NftSet(INET, set_name(digest, v), ("ipv4_addr" if v == 4 else "ipv6_addr",))
+            s = selector_set(digest, v)
             before.add_set(s)
             after.add_set(s)
             before.elements[(INET, s.name)] = {str(a) for a in delta.elements_removed.get(digest, ()) if a.version == v}

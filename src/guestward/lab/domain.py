@@ -6,17 +6,9 @@ can lose an interrupt at boot and leave the channel dead for good (seen here, ab
 from __future__ import annotations
 
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
 
+from guestward.hypervisor.domain_xml import metadata_xml
 from guestward.lab.scenario import GuestSpec, Scenario
-
-NS = "https://guestward.dev/xmlns/1"
-
-
-def metadata(labels: dict[str, str], mac: str, address: str) -> str:
-    parts = [f"<gw:label key={quoteattr(k)}>{escape(v)}</gw:label>" for k, v in sorted(labels.items())]
-    parts.append(f"<gw:address mac={quoteattr(mac)}>{escape(address)}</gw:address>")
-    return f'<gw:guest xmlns:gw="{NS}">' + "".join(parts) + "</gw:guest>"
 
 
 def console_log(lab_dir: Path, name: str) -> Path:
@@ -39,7 +31,7 @@ def domain_xml(lab_dir: Path, scenario: Scenario, g: GuestSpec, *, host: str | N
   <name>{g.name}</name>{uuid_el}
   <memory unit='MiB'>160</memory>
   <vcpu>1</vcpu>
-  <metadata>{metadata(g.labels, g.mac, str(g.address))}</metadata>
+  <metadata>{metadata_xml(g.labels, [(g.mac, str(g.address))])}</metadata>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{lab_dir}/guest/vmlinuz</kernel>

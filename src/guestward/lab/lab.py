@@ -237,16 +237,13 @@ class Lab:
 
     def _run_batch(self, src: str, flows: list[Flow]) -> dict[Flow, bool]:
         """Run every flow of one source at once (in parallel inside the source)."""
+        gw_net = str(self.dir / "bin" / "gw-net") if src == "external" else "gw-net"
+        script = " ".join(
+            f"( r=$({self._probe_command(str(self.address(f.dst)), f.port, gw_net)}); echo R{i} $r ) &"
+            for i, f in enumerate(flows)) + " wait"
         if src == "external":
-            gw_net = str(self.dir / "bin" / "gw-net")
-            script = " ".join(
-                f"( r=$({self._probe_command(str(self.address(f.dst)), f.port, gw_net)}); echo R{i} $r ) &"
-                for i, f in enumerate(flows)) + " wait"
             out = hosts.sh(*hosts.in_ns(hosts.EXTERNAL_NS, "sh", "-c", script), check=False).stdout
         else:
-            script = " ".join(
-                f"( r=$({self._probe_command(str(self.address(f.dst)), f.port, 'gw-net')}); echo R{i} $r ) &"
-                for i, f in enumerate(flows)) + " wait"
             out = self.exec(src, [script], timeout=60).output
         results: dict[Flow, bool] = {}
         for line in out.splitlines():
