@@ -77,7 +77,9 @@ def guest_versions(draw: st.DrawFn, index: int) -> Guest:
         nics.append(Interface.of(f"52:54:00:00:{index:02x}:{n:02x}", port, [str(a) for a in addrs]))
     host = draw(st.sampled_from((*HOST_NAMES, *HOST_NAMES, "elsewhere")))
     active = draw(st.integers(0, 5)) > 0
-    return Guest(name, f"u{index}", host, draw(labels_st), tuple(nics), active)
+    # mid-migration: a live copy on a second host as well
+    also_on = tuple(draw(st.lists(st.sampled_from(HOST_NAMES), max_size=1))) if draw(st.integers(0, 4)) == 0 else ()
+    return Guest(name, f"u{index}", host, draw(labels_st), tuple(nics), active, also_on)
 
 
 @st.composite
