@@ -118,12 +118,16 @@ def register(app: typer.Typer) -> None:
     def sync(config: ConfigOpt = None) -> None:
         """Read every guest from libvirt now and enforce the installed policies on every host.
 
-        Until the agent follows libvirt's events, this is how guestward learns of guests defined,
-        started or changed behind its back (their vNICs get no traffic until then)."""
+        The agent does this on every libvirt event and periodically; without an agent, this is how
+        guestward learns of changes the hook does not see (labels, hot-plugged vNICs)."""
         ctl = controller(config)
         commands = ctl.sync()
         out.print(", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items())) or "no hosts configured",
                   highlight=False)
+        for c in ctl.conflicts:
+            err.print(f"[yellow]conflict:[/] {c}", highlight=False)
+        for h in ctl.unreachable:
+            err.print(f"[yellow]unreachable:[/] {h}: its guests kept as last seen", highlight=False)
 
     def relabel(config: str | None, guest: str, key: str, value: str | None, reason: str | None = None) -> None:
         ctl = controller(config)

@@ -226,6 +226,15 @@ class Lab:
         self.wait_guests([new])
         return spec
 
+    def remove(self, guest: str) -> None:
+        """Stop and undefine a guest everywhere and drop it from the lab (e.g. a clone)."""
+        for h in self.scenario().hosts:
+            domains.destroy(self.uri(h), guest, undefine=True)
+        sc = self.scenario()
+        sc.guests = [g for g in sc.guests if g.name != guest]
+        self._save(sc)
+        self.disk_path(guest).unlink(missing_ok=True)
+
     def stop(self, guest: str) -> None:
         host = self.where(guest)
         if host is None:

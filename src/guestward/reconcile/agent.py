@@ -16,8 +16,10 @@ Restarting the agent never flushes anything: it starts with a sync, which only d
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -29,6 +31,11 @@ from guestward.store.config import Config
 
 log = logging.getLogger(__name__)
 GENERATION = re.compile(r"# new generation \d+ by process (\d+) \((.*)\)")
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the agent dies, however it dies (prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 @dataclass
@@ -55,7 +62,8 @@ class Agent:
         with self._cond:
             if self._pending.first_at is None:
                 self._pending.first_at = time.monotonic()
-            self._pending.reasons.append(f"{host}:{uuid or '-'}:{what}")
+            if len(self._pending.reasons) < 50:
+                self._pending.reasons.append(f"{host}:{uuid or '-'}:{what}")
             self._cond.notify()
 
     def on_drift(self, host: str, who: str) -> None:
@@ -70,7 +78,8 @@ class Agent:
         if netns:
             argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
         while not self._stop.is_set():
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                    preexec_fn=_die_with_parent)
             self._monitors[host] = proc
             touched = False
             assert proc.stdout is not None
