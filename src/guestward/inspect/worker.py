@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 import time
@@ -29,6 +30,7 @@ MAX_ITEMS = 20000  # per list (setuid files, keys, cron entries): a hostile imag
 MAX_WALK_DEPTH = 64
 
 OPENED: list[str] = []
+RUN_PARTS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def install_open_guard(allowed_files: list[str]) -> None:
@@ -136,7 +138,8 @@ def open_chain(chain: dict[str, Any]) -> Any:
 def os_info(g: GuestFS) -> dict[str, Any]:
     text = g.read("/etc/os-release", section="os") or g.read("/usr/lib/os-release", section="os") or ""
     rel = parsers.parse_os_release(text)
-    info = {"id": rel.get("ID", ""), "version_id": rel.get("VERSION_ID", ""), "codename": rel.get("VERSION_CODENAME", ""),
+    info = {"id": rel.get("ID", ""), "version_id": rel.get("VERSION_ID", ""),
+            "codename": rel.get("VERSION_CODENAME", ""),
             "pretty_name": rel.get("PRETTY_NAME", ""), "id_like": rel.get("ID_LIKE", "")}
     if info["id"] == "debian":
         info["debian_version"] = (g.read("/etc/debian_version", section="os") or "").strip()
@@ -225,12 +228,16 @@ def cron(g: GuestFS) -> list[dict[str, Any]]:
 
     add("/etc/crontab", True)
     for name in g.listdir("/etc/cron.d"):
+        if not RUN_PARTS_NAME.match(name):
+            continue  # cron and run-parts skip names with dots (dpkg leftovers, .placeholder)
         add(f"/etc/cron.d/{name}", True)
     for name in g.listdir("/var/spool/cron/crontabs"):
         add(f"/var/spool/cron/crontabs/{name}", False, name)
     for period in ("hourly", "daily", "weekly", "monthly"):
         d = f"/etc/cron.{period}"
         for name in g.listdir(d):
+            if not RUN_PARTS_NAME.match(name):
+                continue
             st = g.lstat(f"{d}/{name}")
             out.append({"file": f"{d}/{name}", "schedule": f"@{period}", "user": "root", "command": f"{d}/{name}",
                         "mode": oct(st.st_mode & 0o7777) if st else "", "owner_uid": st.st_uid if st else -1,
@@ -369,7 +376,8 @@ def inspect_target(t: Any) -> dict[str, Any]:
     result["kernels"] = section("kernels", lambda: kernels(g, result["packages"])) or []
     result["users"] = section("users", lambda: users(g)) or []
     result["sshd"] = section("sshd", lambda: sshd(g)) or {"present": False, "effective": {}, "explicit": {}}
-    result["authorized_keys"] = section("authorized_keys", lambda: authorized_keys(g, result["users"], result["sshd"])) or []
+    result["authorized_keys"] = section(
+        "authorized_keys", lambda: authorized_keys(g, result["users"], result["sshd"])) or []
     result["cron"] = section("cron", lambda: cron(g)) or []
     result["cron_dirs"] = section("cron", lambda: cron_dirs(g)) or []
     result["services"] = section("services", lambda: services(g)) or []
