@@ -393,10 +393,47 @@ def inspect_target(t: Any) -> dict[str, Any]:
     return result
 
 
+def mount_root(t: Any) -> list[dict[str, str]]:
+    """Mount the filesystem holding /etc at /, then the ext filesystems /etc/fstab names by UUID or LABEL."""
+    roots = []
+    for fs in t.filesystems:
+        try:
+            if fs.exists("/etc") and (fs.exists("/etc/passwd") or fs.exists("/etc/os-release")):
+                roots.append(fs)
+        except Exception:
+            continue
+    if not roots:
+        raise InspectError("no readable filesystem with an /etc (no partition table, LVM or filesystem dissect "
+                           "recognises, or a corrupt one)")
+    t.fs.mount("/", roots[0])
+    errors = []
+    g = GuestFS(t)
+    by_id = {}
+    for fs in t.filesystems:
+        e = getattr(fs, "extfs", None)
+        if e is not None and fs is not roots[0]:
+            by_id[f"UUID={e.uuid}".lower()] = fs
+            if e.volume_name:
+                by_id[f"LABEL={e.volume_name}".lower()] = fs
+    for line in (g.read("/etc/fstab", section="fstab") or "").splitlines():
+        f = line.split()
+        if len(f) < 2 or f[0].startswith("#") or f[1] in ("/", "none", "swap") or not f[1].startswith("/"):
+            continue
+        fs = by_id.get(f[0].lower())
+        if fs is not None:
+            t.fs.mount(f[1], fs)
+        elif f[0].upper().startswith(("UUID=", "LABEL=")) and (len(f) < 3 or f[2].startswith("ext")):
+            errors.append({"section": "fstab", "error": f"{f[1]}: {f[0]} not found among the guest's disks"})
+    return errors + g.errors
+
+
 def run(job: dict[str, Any]) -> dict[str, Any]:
     if job.get("selftest"):
+        import resource
         import socket
-        return {"interfaces": [n for _, n in socket.if_nameindex()]}
+        return {"interfaces": [n for _, n in socket.if_nameindex()],
+                "rlimits": {name: resource.getrlimit(getattr(resource, name))[0]
+                            for name in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE")}}
     paths = [la["path"] for c in job["chains"] for la in c["layers"]]
     install_open_guard(paths)
     start = time.perf_counter()
@@ -411,14 +448,19 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
             raise InspectError(f"disk {chain['target']}: cannot open: {exc}") from None
         t.disks.add(RawContainer(stream))
     try:
-        t.apply()
+        # Disks -> volumes (MBR, GPT, LVM) -> filesystems. dissect's OS plugins are not run: they read
+        # guest files (hostname, fstab) without our size caps and fail the whole target on one bad file.
+        t.disks.apply()
+        t.volumes.apply()
+        t.filesystems.apply()
     except Exception as exc:
         raise InspectError(f"no readable filesystem: {type(exc).__name__}: {exc}") from None
-    if not t.filesystems or "/" not in t.fs.mounts:
-        raise InspectError("no readable filesystem (no partition table, LVM or filesystem dissect recognises, "
-                           "or a corrupt one)")
+    mount_errors = mount_root(t)
     opened_s = time.perf_counter() - start
     result = inspect_target(t)
+    if mount_errors:
+        result["errors"] += mount_errors
+        result["partial"] = True
     result["timings"]["open"] = round(opened_s, 4)
     result["volumes"] = [type(v).__name__ for v in t.volumes]
     result["filesystems"] = [f"{m} {type(fs).__name__}" for m, fs in sorted(t.fs.mounts.items())]
