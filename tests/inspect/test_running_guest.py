@@ -104,6 +104,7 @@ def test_running_guest_inspected_from_a_point_in_time_copy(libvirtd: str, images
     state_dir = STATE / "state"
     cfg.write_text(yaml.safe_dump({"state_dir": str(state_dir), "hosts": [{"name": "gwi", "uri": uri}]}))
     domains.destroy(uri, NAME, undefine=True)
+    shutil.rmtree(STATE / "images", ignore_errors=True)
     domains.define(uri, domain_xml(top))
     domains.start(uri, NAME)
     try:
@@ -137,3 +138,4 @@ def test_running_guest_inspected_from_a_point_in_time_copy(libvirtd: str, images
     assert set(rep["inventory"]["opened"]) >= {str(top), str(base)}
     assert rep["diff"]["added"] == {} and rep["diff"]["removed"] == {}
     domains.destroy(uri, NAME, undefine=True)
+    shutil.rmtree(STATE / "images", ignore_errors=True)

@@ -35,7 +35,8 @@ def _keys(report: dict[str, Any]) -> dict[str, set[str]]:
         "users": {f"{u['name']} uid={u['uid']}" for u in inv.get("users", [])},
         "cron": {f"{c['file']}: {c['schedule']} {c['command']}" for c in inv.get("cron", [])},
         "services": {s["unit"] for s in inv.get("services", [])},
-        "findings": {f"{f['id']} {f.get('package', '')} {f.get('title', '')}".strip()
+        "findings": {f"{f['id']}: {f['title']} ({f['detail']})" if f["type"] == "config" else
+                     f"{f['id']}: {f['package']} {f['installed']} (fixed {f['fixed'] or 'nowhere'})"
                      for f in report.get("findings", [])},
     }
 
