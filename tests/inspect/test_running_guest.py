@@ -104,7 +104,6 @@ def test_running_guest_inspected_from_a_point_in_time_copy(libvirtd: str, images
     state_dir = STATE / "state"
     cfg.write_text(yaml.safe_dump({"state_dir": str(state_dir), "hosts": [{"name": "gwi", "uri": uri}]}))
     domains.destroy(uri, NAME, undefine=True)
-    shutil.rmtree(STATE / "images", ignore_errors=True)
     domains.define(uri, domain_xml(top))
     domains.start(uri, NAME)
     try:

@@ -180,7 +180,8 @@ def update(state_dir: Path, source: str, name: str | None = None) -> dict[str, A
 
 def load(state_dir: Path, keys: list[str]) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[dict[str, Any]]]]]:
     """(metadata of every stored feed, merged index restricted to `keys`)."""
-    metas, merged = [], {}
+    metas: list[dict[str, Any]] = []
+    merged: dict[str, dict[str, list[dict[str, Any]]]] = {}
     d = feeds_dir(state_dir)
     for f in sorted(d.glob("*.index.json")) if d.exists() else []:
         doc = json.loads(f.read_text())
