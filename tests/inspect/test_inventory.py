@@ -78,6 +78,15 @@ def test_setuid_walk_equals_find(inspected: tuple[str, dict[str, Any]], planted:
     assert inv["walk"]["inodes"] > 5000
 
 
+def test_generic_walk_finds_the_same(images: Images) -> None:
+    """The walk used for non-ext filesystems (XFS, btrfs) gives the ext walk's result."""
+    from guestward.inspect.runner import run_worker
+    job = {"chains": [image_chain(str(images.raw)).to_json()]}
+    ext = run_worker(job)["result"]
+    generic = run_worker({**job, "walk": "generic"})["result"]
+    assert generic["setuid"] == ext["setuid"] and generic["walk"]["inodes"] == ext["walk"]["inodes"]
+
+
 def test_every_planted_finding_reported(inspected: tuple[str, dict[str, Any]]) -> None:
     _, inv = inspected
     found = {(f["id"], f["title"]) for f in config_findings(inv)}

@@ -270,7 +270,7 @@ def services(g: GuestFS) -> list[dict[str, str]]:
     return out[:MAX_ITEMS]
 
 
-def setuid_walk(t: Any, g: GuestFS) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def setuid_walk(t: Any, g: GuestFS, generic: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """setuid/setgid regular files by a direct walk of each ext filesystem's directory tree (inodes read
     straight from dissect.extfs, no per-file plugin or VFS calls); other filesystem types are walked
     through dissect's generic interface."""
@@ -278,10 +278,10 @@ def setuid_walk(t: Any, g: GuestFS) -> tuple[list[dict[str, Any]], dict[str, Any
     inodes = 0
     start = time.perf_counter()
     for mount, fs in sorted(t.fs.mounts.items()):
-        extfs = getattr(fs, "extfs", None)
+        extfs = None if generic else getattr(fs, "extfs", None)
         prefix = "" if mount == "/" else mount.rstrip("/")
         if extfs is None:
-            g.error("setuid", f"{mount}: {type(fs).__name__} is not walked (ext2/3/4 only)")
+            inodes += generic_walk(fs, prefix, found, g)
             continue
         seen: set[int] = set()
         stack: list[tuple[Any, str, int]] = [(extfs.root, prefix, 0)]
@@ -322,6 +322,36 @@ def setuid_walk(t: Any, g: GuestFS) -> tuple[list[dict[str, Any]], dict[str, Any
     return sorted(found, key=lambda f: f["path"]), {"inodes": inodes, "seconds": round(seconds, 4)}
 
 
+def generic_walk(fs: Any, prefix: str, found: list[dict[str, Any]], g: GuestFS) -> int:
+    """The same walk through dissect's generic filesystem interface (XFS, btrfs...): slower, same result."""
+    count = 0
+    stack: list[tuple[str, int]] = [("/", 0)]
+    while stack:
+        path, depth = stack.pop()
+        try:
+            entries = list(fs.get(path).scandir())
+        except Exception as exc:
+            g.error("setuid", f"{prefix}{path}: {type(exc).__name__}: {exc}")
+            continue
+        for e in entries:
+            if e.name in (".", "..") or "/" in e.name:
+                continue
+            count += 1
+            full = path.rstrip("/") + "/" + e.name
+            try:
+                st = e.stat(follow_symlinks=False)
+            except Exception as exc:
+                g.error("setuid", f"{prefix}{full}: {type(exc).__name__}: {exc}")
+                continue
+            if stat.S_ISDIR(st.st_mode) and depth < MAX_WALK_DEPTH:
+                stack.append((full, depth + 1))
+            elif stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID) and len(found) < MAX_ITEMS:
+                found.append({"path": prefix + full, "mode": oct(st.st_mode & 0o7777), "uid": st.st_uid,
+                              "gid": st.st_gid, "setuid": bool(st.st_mode & stat.S_ISUID),
+                              "setgid": bool(st.st_mode & stat.S_ISGID), "size": st.st_size})
+    return count
+
+
 def usr_aliases(g: GuestFS) -> dict[str, str]:
     """Merged-/usr aliases (/bin -> /usr/bin ...), so dpkg's paths and the walk's paths compare."""
     out = {}
@@ -355,7 +385,7 @@ def dpkg_owned(g: GuestFS, aliases: dict[str, str]) -> set[str] | None:
     return owned
 
 
-def inspect_target(t: Any) -> dict[str, Any]:
+def inspect_target(t: Any, generic_walk: bool = False) -> dict[str, Any]:
     g = GuestFS(t)
     result: dict[str, Any] = {}
     timings: dict[str, float] = {}
@@ -381,7 +411,7 @@ def inspect_target(t: Any) -> dict[str, Any]:
     result["cron"] = section("cron", lambda: cron(g)) or []
     result["cron_dirs"] = section("cron", lambda: cron_dirs(g)) or []
     result["services"] = section("services", lambda: services(g)) or []
-    walk = section("setuid", lambda: setuid_walk(t, g))
+    walk = section("setuid", lambda: setuid_walk(t, g, generic_walk))
     result["setuid"], result["walk"] = walk if walk else ([], {})
     aliases = section("setuid", lambda: usr_aliases(g)) or {}
     owned = section("setuid", lambda: dpkg_owned(g, aliases))
@@ -457,7 +487,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         raise InspectError(f"no readable filesystem: {type(exc).__name__}: {exc}") from None
     mount_errors = mount_root(t)
     opened_s = time.perf_counter() - start
-    result = inspect_target(t)
+    result = inspect_target(t, generic_walk=job.get("walk") == "generic")  # "generic": tests, non-ext path
     if mount_errors:
         result["errors"] += mount_errors
         result["partial"] = True
