@@ -130,3 +130,20 @@ def test_cli_feeds_update_and_inspect_json(inventory: dict[str, Any], images: Im
     vuln, _ = _pick(inventory)
     assert vulns == _expected(inventory, vuln["source"])
     assert rep["at"] > 0 and rep["method"].startswith("read-only")
+
+
+def test_feeds_update_from_url(inventory: dict[str, Any], tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+    fixtures = write_fixtures(tmp_path, inventory)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{fixtures['tracker'].name}"
+        meta = feeds.update(tmp_path / "state", url)
+    finally:
+        server.shutdown()
+    assert meta["name"] == "debian-tracker" and meta["format"] == "debian-tracker" and meta["source"] == url
+    assert (tmp_path / "state/feeds/debian-tracker.src").read_bytes() == fixtures["tracker"].read_bytes()
