@@ -24,6 +24,7 @@ MIRROR = "http://deb.debian.org/debian"
 PLANTED_KEY_COMMENT = "planted@attacker"
 HIDDEN_SHELL = "/usr/local/lib/.cache/.sh"
 CRON_FILE = "/etc/cron.d/backdoor"
+KERNEL = "6.1.0-99-cloud-amd64"
 
 
 def run(*argv: str, timeout: float = 120) -> str:
@@ -67,6 +68,8 @@ def plant(root: Path) -> Planted:
     """Extra uid 0 user, an empty-password login user, root's authorized key, a hidden setuid shell,
     a world-writable cron entry, PermitRootLogin yes."""
     (root / "etc/hostname").write_text("inspect-guest-01\n")
+    (root / "boot" / f"vmlinuz-{KERNEL}").write_bytes(b"\0" * 512)  # minbase has no kernel: an installed one
+    (root / "usr/lib/modules" / KERNEL).mkdir(parents=True, exist_ok=True)
     with open(root / "etc/passwd", "a") as f:
         f.write("toor:x:0:0:toor:/root:/bin/bash\nguest:x:1001:1001::/home/guest:/bin/bash\n")
     with open(root / "etc/shadow", "a") as f:

@@ -13,6 +13,7 @@ from guestward.inspect.runner import inspect_chains
 from tests.inspect.conftest import (
     CRON_FILE,
     HIDDEN_SHELL,
+    KERNEL,
     PLANTED_KEY_COMMENT,
     Images,
     Planted,
@@ -51,6 +52,7 @@ def test_os_users_keys_sshd_cron_services(inspected: tuple[str, dict[str, Any]],
     assert inv["os"]["id"] == "debian" and inv["os"]["version_id"] == "12" and inv["os"]["codename"] == "bookworm"
     assert 'VERSION_CODENAME=bookworm' in osr
     assert inv["hostname"] == "inspect-guest-01"
+    assert inv["kernels"] == [{"version": KERNEL, "found": "boot"}]
     names = [line.split(":")[0] for line in (planted.root / "etc/passwd").read_text().splitlines() if line]
     assert [u["name"] for u in inv["users"]] == names
     users = {u["name"]: u for u in inv["users"]}

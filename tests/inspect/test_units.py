@@ -56,6 +56,12 @@ def test_dpkg_status_source_fields() -> None:
         ("libc6", "glibc", "2.36-9+deb12u13"), ("libfoo1", "foo", "1.2-3")]
 
 
+def test_apk_installed() -> None:
+    text = "C:Q1abc=\nP:libcrypto3\nV:3.1.4-r5\nA:x86_64\no:openssl\n\nP:musl\nV:1.2.4-r2\n\n"
+    assert [(p["name"], p["version"], p["source"]) for p in parsers.parse_apk_installed(text)] == [
+        ("libcrypto3", "3.1.4-r5", "openssl"), ("musl", "1.2.4-r2", "musl")]
+
+
 def test_crontab_and_keys_parsers() -> None:
     assert parsers.parse_crontab("# c\nMAILTO=x\n*/5 * * * * root run me\n@reboot bob up\n", system=True) == [
         {"schedule": "*/5 * * * *", "user": "root", "command": "run me"},
