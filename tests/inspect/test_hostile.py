@@ -144,3 +144,13 @@ def test_worker_has_no_network_and_limits_hold(tmp_path: Path) -> None:
         inspect_chains([image_chain(str(img))], Limits(wall_seconds=0.2))
     with pytest.raises(WorkerError, match=r"failed|memory"):
         inspect_chains([image_chain(str(img))], Limits(memory_mb=24))
+
+
+def test_worker_killed_at_the_wall_clock_limit_leaves_a_partial_marked_result(tmp_path: Path) -> None:
+    img = mkfs(small_root(tmp_path), tmp_path / "disk.raw", "64M")
+    job = {"chains": [image_chain(str(img)).to_json()], "stall_after": "users"}
+    reply = run_worker(job, Limits(wall_seconds=8))
+    inv = reply["result"]
+    assert inv["partial"] is True and inv["incomplete"] is True
+    assert [p["name"] for p in inv["packages"]] == ["bash"] and [u["name"] for u in inv["users"]] == ["root", "a"]
+    assert "setuid" not in inv and "wall-clock limit" in inv["errors"][-1]["error"]

@@ -5,7 +5,8 @@
 - CPU: RLIMIT_CPU (SIGXCPU, then SIGKILL); memory: RLIMIT_AS; files: RLIMIT_FSIZE 0 (it cannot write a
   file), RLIMIT_NOFILE, no core dumps;
 - wall clock: the parent kills the worker's whole process group when the deadline passes;
-- the result is one JSON document on stdout, capped in size.
+- the result is the last JSON line on stdout (capped in size); a worker killed at a limit after it
+  finished some sections gives those sections, marked `partial` and `incomplete`.
 """
 
 from __future__ import annotations
@@ -71,31 +72,62 @@ def run_worker(job: dict[str, Any], limits: Limits = Limits()) -> dict[str, Any]
         argv = [*_sandbox_prefix(), sys.executable, "-I", "-m", "guestward.inspect.worker"]
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 cwd=empty, env=env, preexec_fn=_limits(limits))
+        timed_out = False
         try:
             out, err = proc.communicate(json.dumps(job).encode(), timeout=limits.wall_seconds)
         except subprocess.TimeoutExpired:
             _kill(proc)
-            raise WorkerError(f"inspection worker exceeded its wall-clock limit ({limits.wall_seconds:g} s) "
-                              "and was killed") from None
+            out, err = proc.communicate()  # what it wrote before it was killed
+            timed_out = True
         except BaseException:
             _kill(proc)
             raise
-    if proc.returncode != 0 or not out:
-        rc = proc.returncode
-        if rc in (-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL):
-            why = f"killed by signal {-rc if rc < 0 else rc - 128} (CPU limit {limits.cpu_seconds} s?)"
-        else:
-            why = f"exit status {rc}"
-        tail = err.decode(errors="replace").strip().splitlines()[-3:]
-        if any("MemoryError" in line for line in tail):
-            why = f"out of memory (limit {limits.memory_mb} MiB)"
-        raise WorkerError(f"inspection worker failed: {why}" + (f": {' / '.join(tail)}" if tail else ""))
     if len(out) > MAX_OUTPUT:
         raise WorkerError(f"inspection worker output over {MAX_OUTPUT} bytes, refused")
-    reply: dict[str, Any] = json.loads(out)
-    if not reply.get("ok"):
-        raise WorkerError(str(reply.get("error")), reply.get("opened"))
-    return reply
+    lines = out.splitlines()
+    last: dict[str, Any] | None = None
+    if lines and not timed_out:
+        try:
+            last = json.loads(lines[-1])
+        except ValueError:
+            last = None
+    if last is not None and "ok" in last:
+        if not last.get("ok"):
+            raise WorkerError(str(last.get("error")), last.get("opened"))
+        return last
+    # Killed at a limit, or crashed: the sections it finished, marked partial; or an error if none.
+    if timed_out:
+        why = f"exceeded its wall-clock limit ({limits.wall_seconds:g} s) and was killed"
+    else:
+        why = _death(proc.returncode, err, limits)
+    sections: dict[str, Any] = {}
+    for line in lines:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            break
+        if isinstance(doc, dict) and "section" in doc:
+            sections[str(doc["section"])] = doc.get("value")
+    if sections:
+        sections.setdefault("errors", [])
+        sections["errors"] = [*sections["errors"], {"section": "worker", "error": f"inspection worker {why}; "
+                              f"sections not reached are missing: result incomplete"}]
+        sections["partial"] = True
+        sections["incomplete"] = True
+        sections.setdefault("timings", {})
+        return {"ok": True, "result": sections, "opened": []}
+    raise WorkerError(f"inspection worker {why}")
+
+
+def _death(rc: int | None, err: bytes, limits: Limits) -> str:
+    if rc is not None and rc in (-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL):
+        why = f"was killed by signal {-rc if rc < 0 else rc - 128} (CPU limit {limits.cpu_seconds} s?)"
+    else:
+        why = f"failed: exit status {rc}"
+    tail = err.decode(errors="replace").strip().splitlines()[-3:]
+    if any("MemoryError" in line for line in tail):
+        why = f"failed: out of memory (limit {limits.memory_mb} MiB)"
+    return why + (f": {' / '.join(tail)}" if tail else "")
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

@@ -1,6 +1,7 @@
 """The sandboxed inspection worker: `python -I -m guestward.inspect.worker` reads one job (JSON) on stdin
-and writes one result (JSON) on stdout. Started only by guestward.inspect.runner, which puts it in a new
-network namespace (no network) under CPU, memory, file-size and wall-clock limits.
+and writes each finished section (one JSON line each), then the result (the last line), on stdout. Started only
+by guestward.inspect.runner, which puts it in a new network namespace (no network) under CPU, memory, file-size
+and wall-clock limits.
 
 Invariants:
 - the only host files it opens are the layers of the chains in the job (each read-only) and Python's own
@@ -385,9 +386,25 @@ def dpkg_owned(g: GuestFS, aliases: dict[str, str]) -> set[str] | None:
     return owned
 
 
-def inspect_target(t: Any, generic_walk: bool = False) -> dict[str, Any]:
+class Streamed(dict[str, Any]):
+    """The result, each section also written to stdout as it is set (one JSON line), so a worker killed
+    at a limit still leaves the sections it finished: the caller returns them marked partial."""
+
+    def __init__(self, stall_after: str | None = None) -> None:
+        super().__init__()
+        self.stall_after = stall_after
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        sys.stdout.write(json.dumps({"section": key, "value": value}, default=str) + "\n")
+        sys.stdout.flush()
+        if key == self.stall_after:  # tests: a worker that stops making progress (a hostile image's effect)
+            time.sleep(3600)
+
+
+def inspect_target(t: Any, generic_walk: bool = False, stall_after: str | None = None) -> dict[str, Any]:
     g = GuestFS(t)
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = Streamed(stall_after)
     timings: dict[str, float] = {}
 
     def section(name: str, fn: Any) -> Any:
@@ -487,7 +504,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         raise InspectError(f"no readable filesystem: {type(exc).__name__}: {exc}") from None
     mount_errors = mount_root(t)
     opened_s = time.perf_counter() - start
-    result = inspect_target(t, generic_walk=job.get("walk") == "generic")  # "generic": tests, non-ext path
+    result = inspect_target(t, generic_walk=job.get("walk") == "generic",  # "generic": tests, non-ext path
+                            stall_after=job.get("stall_after"))
     if mount_errors:
         result["errors"] += mount_errors
         result["partial"] = True
@@ -514,7 +532,7 @@ def main() -> None:
     except Exception as exc:
         out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     out["opened"] = sorted(set(OPENED))
-    sys.stdout.write(json.dumps(out, default=str))
+    sys.stdout.write(json.dumps(out, default=str) + "\n")
     sys.stdout.flush()
 
 
