@@ -130,13 +130,15 @@ def endpoints(guests: list[Guest], state: CompiledState) -> list[End]:
 
 
 def contested_ports(guests: list[Guest]) -> set[tuple[str, str]]:
-    """(host, port) pairs that more than one vNIC of the active guests names."""
+    """(host, port) pairs that more than one vNIC of the active guests names (a guest live on two
+    hosts, mid-migration, names its ports on both)."""
     seen: dict[tuple[str, str], int] = {}
     for g in guests:
         if g.active:
-            for nic in g.interfaces:
-                if nic.port is not None:
-                    seen[(g.host, nic.port)] = seen.get((g.host, nic.port), 0) + 1
+            for host in g.hosts:
+                for nic in g.interfaces:
+                    if nic.port is not None:
+                        seen[(host, nic.port)] = seen.get((host, nic.port), 0) + 1
     return {k for k, n in seen.items() if n > 1}
 
 

@@ -39,6 +39,13 @@ CREATE TABLE IF NOT EXISTS event (
     subject TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS inspection (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject TEXT NOT NULL,
+    at REAL NOT NULL,
+    report TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inspection_subject ON inspection (subject, id);
 """
 
 
@@ -138,6 +145,28 @@ class Store:
             args = (since, kind)
         rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [{"at": r[0], "kind": r[1], "subject": r[2], **json.loads(r[3])} for r in rows]
+
+    def put_inspection(self, subject: str, at: float, report: dict[str, Any]) -> int:
+        """Keep one inspection report of `subject` (a guest as `host/name`, or an image's path)."""
+        cur = self._db.execute("INSERT INTO inspection (subject, at, report) VALUES (?, ?, ?)",
+                               (subject, at, json.dumps(report, default=str)))
+        return int(cur.lastrowid or 0)
+
+    def last_inspection(self, subject: str, before_id: int | None = None) -> dict[str, Any] | None:
+        """The latest stored report of `subject` (older than `before_id` when given), or None."""
+        q, args = "SELECT report FROM inspection WHERE subject = ?", [subject]
+        if before_id is not None:
+            q += " AND id < ?"
+            args.append(before_id)
+        row = self._db.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def inspections(self, subject: str | None = None) -> list[tuple[int, str, float]]:
+        q, args = "SELECT id, subject, at FROM inspection", []
+        if subject:
+            q += " WHERE subject = ?"
+            args.append(subject)
+        return [(r[0], r[1], r[2]) for r in self._db.execute(q + " ORDER BY id", args).fetchall()]
 
     def close(self) -> None:
         self._db.close()
