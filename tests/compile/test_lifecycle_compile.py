@@ -42,8 +42,8 @@ def test_the_migration_source_lets_go_and_only_its_plan_changes() -> None:
 
 
 def test_the_first_bound_guest_keeps_a_contested_address() -> None:
-    first = replace(guest("first", "h1", {"zone": "web"}, "10.0.0.1"), bound_since=100.0)
-    second = replace(guest("second", "h2", {"zone": "web"}, "10.0.0.1"), bound_since=200.0)
+    first = replace(guest("first", "h1", {"zone": "web"}, "10.0.0.1"), claimed=((A, 100.0),))
+    second = replace(guest("second", "h2", {"zone": "web"}, "10.0.0.1"), claimed=((A, 200.0),))
     c = Compiler(HOSTS, WEB_TO_DB)
     c.upsert_guest(first)
     deltas = c.upsert_guest(second)
@@ -53,15 +53,23 @@ def test_the_first_bound_guest_keeps_a_contested_address() -> None:
     assert s.hosts["h2"].vnics["tap-second"].addresses == ()
     (conflict,) = s.conflicts
     assert conflict.owner == "first"
-    assert str(conflict) == ("address 10.0.0.1 claimed by first, second: first keeps it (bound first), "
+    assert str(conflict) == ("address 10.0.0.1 claimed by first, second: first keeps it (claimed first), "
                              "no traffic on it for second")
     assert s == compile_state(Inventory(HOSTS, (second, first)), WEB_TO_DB)  # order does not matter
 
 
+def test_an_older_guest_that_adds_an_owned_address_later_does_not_take_it() -> None:
+    owner = replace(guest("owner", "h1", {"zone": "web"}, "10.0.0.1"), claimed=((A, 200.0),))
+    # "thief" has run since 100, but declared 10.0.0.1 only at 300
+    thief = replace(guest("thief", "h2", {"zone": "web"}, "10.0.0.1"), claimed=((A, 300.0),))
+    s = compile_state(Inventory(HOSTS, (owner, thief)), WEB_TO_DB)
+    assert s.conflicts[0].owner == "owner" and s.hosts["h1"].vnics["tap-owner"].addresses == (A,)
+
+
 def test_a_tie_or_an_unknown_binding_time_gives_the_address_to_nobody() -> None:
     for t1, t2 in ((100.0, 100.0), (None, 100.0)):
-        a = replace(guest("a", "h1", {"zone": "web"}, "10.0.0.1"), bound_since=t1)
-        b = replace(guest("b", "h2", {"zone": "web"}, "10.0.0.1"), bound_since=t2)
+        a = replace(guest("a", "h1", {"zone": "web"}, "10.0.0.1"), claimed=((A, t1),) if t1 is not None else ())
+        b = replace(guest("b", "h2", {"zone": "web"}, "10.0.0.1"), claimed=((A, t2),) if t2 is not None else ())
         s = compile_state(Inventory(HOSTS, (a, b)), WEB_TO_DB)
         assert s.hosts["h1"].vnics["tap-a"].addresses == () and s.hosts["h2"].vnics["tap-b"].addresses == ()
         assert s.conflicts[0].owner is None and "no traffic on it for any of them" in str(s.conflicts[0])

@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
         resync: Annotated[float, typer.Option(help="seconds between full resyncs")] = 30.0,
         drift_check: Annotated[float, typer.Option(help="seconds between drift checks (besides nft monitor)")] = 5.0,
+        host: Annotated[list[str] | None, typer.Option("--host", help="enforce only this host's tables "
+                                                       "(repeatable; default: every configured host)")] = None,
     ) -> None:
         """Follow libvirt's events on every configured host and keep enforcement right (runs until
         stopped; SIGTERM stops it cleanly and leaves every table as it is)."""
@@ -30,7 +32,10 @@ def register(app: typer.Typer) -> None:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         ctl = controller(config)
-        a = Agent(ctl.config, resync_interval=resync, drift_interval=drift_check)
+        unknown = [h for h in host or [] if h not in {x.name for x in ctl.config.hosts}]
+        if unknown:
+            raise fail(f"unknown host(s) {', '.join(unknown)} in {config_path(config)}")
+        a = Agent(ctl.config, resync_interval=resync, drift_interval=drift_check, only_hosts=host)
         signal.signal(signal.SIGTERM, lambda *_: a.stop())
         signal.signal(signal.SIGINT, lambda *_: a.stop())
         a.run()

@@ -4,7 +4,7 @@ Invariants (checked by property tests):
 - the result does not depend on the order of policies, rules' policies, or guests;
 - after any sequence of `upsert_guest`/`remove_guest`, `state()` equals `compile_state` of the same
   inputs, and the returned `HostDelta`s replayed on the previous state give the new state;
-- an address claimed by two active guests belongs to the one bound strictly first, else to neither
+- an address claimed by two active guests belongs to the one that claimed it strictly first, else to neither
   (fail closed), and is reported.
 
 Cost of one guest change: proportional to its addresses, the distinct selectors in the policy set,
@@ -204,13 +204,13 @@ class Compiler:
         _tally(self._port_claims, _ports(g), g.uuid, sign)
 
     def _owner(self, addr: IPAddress) -> str | None:
-        """The uuid that holds `addr`: its only claimant, or the one bound strictly first."""
+        """The uuid that holds `addr`: its only claimant, or the one that claimed it strictly first."""
         claimants = self._claims.get(addr)
         if not claimants:
             return None
         if len(claimants) == 1:
             return next(iter(claimants))
-        times = [(self._guests[u].bound_since, u) for u in claimants]
+        times = [(self._guests[u].claimed_at(addr), u) for u in claimants]
         if any(t is None for t, _ in times):
             return None
         first, second = sorted(times)[:2]  # type: ignore[type-var]

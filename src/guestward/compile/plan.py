@@ -92,7 +92,7 @@ class Conflict:
         if self.owner is None:
             return f"{claimed}: no traffic on it for any of them"
         others = ", ".join(g for g in self.guests if g != self.owner)
-        return f"{claimed}: {self.owner} keeps it (bound first), no traffic on it for {others}"
+        return f"{claimed}: {self.owner} keeps it (claimed first), no traffic on it for {others}"
 
 
 @dataclass

@@ -74,3 +74,8 @@ class NftObjects:
 
     def add_chain(self, c: NftChain) -> None:
         self.chains[(c.family, c.name)] = c
+
+    def bound_ports(self) -> set[str]:
+        """Bridge ports with a guest's guard (uplinks, which are simply accepted, are not bound)."""
+        ports = self.elements.get(("bridge", "ports-in"), {})
+        return {str(k) for k, v in ports.items() if v != "accept"} if isinstance(ports, dict) else set()

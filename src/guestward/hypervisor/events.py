@@ -82,6 +82,8 @@ class EventSource:
                     except libvirt.libvirtError:
                         pass
                     self._conns.pop(h.name, None)
+                    with contextlib.suppress(libvirt.libvirtError):
+                        conn.close()
                     log.warning("%s: connection to libvirtd lost", h.name)
                 if time.monotonic() < next_try[h.name]:
                     continue
@@ -97,8 +99,16 @@ class EventSource:
 
     def _subscribe(self, h: Host) -> libvirt.virConnect:
         conn = libvirt.open(h.uri)
+        try:
+            self._register(conn, h.name)
+        except libvirt.libvirtError:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+            raise
+        return conn
+
+    def _register(self, conn: libvirt.virConnect, name: str) -> None:
         conn.setKeepAlive(2, 3)
-        name = h.name
 
         def lifecycle(_c: object, dom: libvirt.virDomain, event: int, detail: int, _o: object) -> None:
             self.on_event(name, dom.UUIDString(), f"{LIFECYCLE.get(event, event)}/{detail}")
@@ -115,4 +125,3 @@ class EventSource:
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, metadata, None)
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, device("device-added"), None)
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, device("device-removed"), None)
-        return conn

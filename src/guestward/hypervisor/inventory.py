@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import replace
 
 import libvirt
 
 from guestward.hypervisor.domain_xml import guest_from_xml
 from guestward.hypervisor.errors import HypervisorError
-from guestward.model import Guest, Host, Inventory
+from guestward.model import Guest, Host
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +53,13 @@ def read_copies(host: Host, conn: libvirt.virConnect | None = None) -> list[tupl
     return guests
 
 
-def read_inventory(hosts: Iterable[Host]) -> Inventory:
-    """Every guest of every host, one Guest per uuid.
+def merge_copies(copies: list[tuple[Guest, bool]]) -> Guest:
+    """One Guest from the copies of one uuid found on several hosts.
 
     A guest live on two hosts at once (both ends of a live migration) is one Guest: its `host` is where
     its CPUs run (else where it was found first) and `also_on` the other ends, so its vNICs stay bound
     on both while it switches over. Inactive definitions of a guest that runs elsewhere (the source's
     persistent copy after a migration) are dropped."""
-    hosts = tuple(hosts)
-    found: dict[str, list[tuple[Guest, bool]]] = {}
-    for h in hosts:
-        for g, running in read_copies(h):
-            found.setdefault(g.uuid, []).append((g, running))
-    return Inventory(hosts, tuple(merge_copies(copies) for copies in found.values()))
-
-
-def merge_copies(copies: list[tuple[Guest, bool]]) -> Guest:
-    """One Guest from the copies of one uuid found on several hosts (see `read_inventory`)."""
     live = [(g, running) for g, running in copies if g.active]
     if not live:
         return copies[0][0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from guestward.model.labels import Labels
@@ -33,7 +33,12 @@ class Guest:
 
     `also_on`: other hosts that hold a live copy of this same guest at this moment: the two ends of
     a live migration, or a save being restored. Its vNICs stay bound there too, so neither end is
-    without policy while the guest switches over; its addresses are still claimed once."""
+    without policy while the guest switches over; its addresses are still claimed once.
+
+    `claimed`: (address, since) pairs: when guestward first saw this guest running with that address
+    declared (absent: not known). Of two running guests that claim one address, the one that claimed
+    it first keeps it and the later one gets no traffic on it (POLICY.md section 1); when that cannot
+    be told, neither keeps it."""
 
     name: str
     uuid: str
@@ -42,7 +47,19 @@ class Guest:
     interfaces: tuple[Interface, ...] = ()
     active: bool = True
     also_on: tuple[str, ...] = ()
-    bound_since: float | None = None
+    claimed: tuple[tuple[IPAddress, float], ...] = ()
+
+    def claimed_at(self, address: IPAddress) -> float | None:
+        return next((t for a, t in self.claimed if a == address), None)
+
+    def claiming_since(self, previous: Guest | None, now: float) -> Guest:
+        """This guest with the claim times of its addresses: kept from `previous` (the same guest as
+        last seen running) for addresses it already declared, `now` for the others."""
+        def since(a: IPAddress) -> float:
+            t = previous.claimed_at(a) if previous is not None and previous.active else None
+            return t if t is not None else now
+        claimed = tuple(sorted(((a, since(a)) for a in set(self.addresses)), key=lambda c: (c[0].version, int(c[0]))))
+        return replace(self, claimed=claimed)
 
     @property
     def hosts(self) -> tuple[str, ...]:

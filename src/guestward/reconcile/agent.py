@@ -33,9 +33,12 @@ log = logging.getLogger(__name__)
 GENERATION = re.compile(r"# new generation \d+ by process (\d+) \((.*)\)")
 
 
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: no dlopen in a forked child
+
+
 def _die_with_parent() -> None:
     """In the child: SIGKILL when the agent dies, however it dies (prctl PR_SET_PDEATHSIG)."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    _LIBC.prctl(1, signal.SIGKILL)
 
 
 @dataclass
@@ -46,9 +49,10 @@ class _Pending:
 
 
 class Agent:
-    def __init__(self, config: Config, resync_interval: float = 30.0, drift_interval: float = 5.0) -> None:
+    def __init__(self, config: Config, resync_interval: float = 30.0, drift_interval: float = 5.0,
+                 only_hosts: list[str] | None = None) -> None:
         self.config = config
-        self.controller = Controller(config)
+        self.controller = Controller(config, only_hosts or ())
         self.resync_interval = resync_interval
         self.drift_interval = drift_interval
         self._cond = threading.Condition()
@@ -105,11 +109,11 @@ class Agent:
     def run(self) -> None:
         store = self.controller.store
         store.record("agent", "start", hosts=[h.name for h in self.config.hosts])
-        for h in self.config.hosts:
-            threading.Thread(target=self._watch_nft, args=(h.name,), daemon=True, name=f"nft-{h.name}").start()
+        for h in sorted(self.controller.local_hosts):
+            threading.Thread(target=self._watch_nft, args=(h,), daemon=True, name=f"nft-{h}").start()
         events = EventSource([h.host() for h in self.config.hosts], self.on_event)
         self.on_event("*", None, "agent-start")
-        backoff = 0.2
+        backoff, retry_at = 0.2, 0.0
         next_resync = time.monotonic() + self.resync_interval
         next_drift_check = time.monotonic() + self.drift_interval
         try:
@@ -118,29 +122,35 @@ class Agent:
                     timeout = max(0.0, min(next_resync, next_drift_check) - time.monotonic())
                     if self._pending.first_at is None and not self._pending.drift:
                         self._cond.wait(timeout)
+                    elif self._pending.first_at is not None and not self._pending.drift:
+                        self._cond.wait(max(0.0, retry_at - time.monotonic()))
                     pending, self._pending = self._pending, _Pending()
                 now = time.monotonic()
                 if now >= next_drift_check:
-                    for h in self.config.hosts:
-                        pending.drift.setdefault(h.name, "unknown (periodic check)")
+                    for h in self.controller.local_hosts:
+                        pending.drift.setdefault(h, "unknown (periodic check)")
                     next_drift_check = now + self.drift_interval
                 if now >= next_resync and pending.first_at is None:
                     pending.first_at, pending.reasons = now, ["periodic resync"]
                 for host, who in pending.drift.items():
                     self._repair(host, who)
-                if pending.first_at is not None:
+                if pending.first_at is not None and time.monotonic() >= retry_at:
                     try:
                         self._reconcile(pending)
                         backoff = 0.2
                         next_resync = time.monotonic() + self.resync_interval
+                        continue
                     except Exception as exc:
                         log.warning("sync failed (retrying in %.1f s): %s", backoff, exc)
-                        store.record("sync-error", "agent", error=str(exc), retry_in=backoff)
-                        self._stop.wait(backoff)
+                        self._record("sync-error", "agent", error=str(exc), retry_in=backoff)
+                        retry_at = time.monotonic() + backoff
                         backoff = min(backoff * 2, 5.0)
-                        with self._cond:  # retry: the work stays pending
-                            self._pending.first_at = pending.first_at
-                            self._pending.reasons = pending.reasons + self._pending.reasons
+                if pending.first_at is not None:
+                    # The work stays pending until the retry; drift events still wake the loop meanwhile.
+                    with self._cond:
+                        self._pending.first_at = pending.first_at
+                        self._pending.reasons = (pending.reasons + self._pending.reasons)[:50]
+                        self._cond.wait(max(0.0, retry_at - time.monotonic()))
         finally:
             events.close()
             store.record("agent", "stop")
@@ -157,20 +167,29 @@ class Agent:
                 self.controller.forget_connections(g)
         changed = {h: n for h, n in commands.items() if n}
         if changed or pending.reasons != ["periodic resync"]:
-            self.controller.store.record("reconcile", "agent", reasons=pending.reasons[:20], commands=commands,
+            self._record("reconcile", "agent", reasons=pending.reasons[:20], commands=commands,
                                          ms=ms, unreachable=self.controller.unreachable,
                                          conflicts=self.controller.conflicts)
         log.info("reconciled in %.1f ms: %s (%s)", ms, commands, ", ".join(pending.reasons[:5]))
 
     def _repair(self, host: str, who: str) -> None:
         start = time.monotonic()
+        if not self.controller.store.seeded:
+            return  # nothing trustworthy to restore yet: the first sync comes first
         try:
             n = self.controller.enforce_snapshot(host)
         except Exception as exc:
             log.warning("%s: drift repair failed: %s", host, exc)
-            self.controller.store.record("drift-error", host, error=str(exc))
+            self._record("drift-error", host, error=str(exc))
             return
         if n:
             ms = round((time.monotonic() - start) * 1000, 1)
             log.warning("%s: guestward's tables were changed by %s; restored (%d commands, %.1f ms)", host, who, n, ms)
-            self.controller.store.record("drift", host, by=who, commands=n, ms=ms)
+            self._record("drift", host, by=who, commands=n, ms=ms)
+
+    def _record(self, kind: str, subject: str, **detail: object) -> None:
+        """Best effort: a busy or full store must not stop the agent."""
+        try:
+            self.controller.store.record(kind, subject, **detail)
+        except Exception as exc:
+            log.warning("could not record %s event: %s", kind, exc)

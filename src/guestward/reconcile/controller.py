@@ -62,8 +62,9 @@ def read_sources(path: Path) -> list[tuple[str, str]]:
 
 
 class Controller:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, only_hosts: Iterable[str] = ()) -> None:
         self.config = config
+        self.only_hosts = tuple(only_hosts)
         self.store = Store(config.state_dir / "guestward.db")
         self.unreachable: list[str] = []
         self.conflicts: list[str] = []
@@ -75,11 +76,12 @@ class Controller:
         return parse_policies([(p.file, p.padded_source()) for p in stored])
 
     def inventory(self, starting: Iterable[str] = ()) -> Inventory:
-        """Every guest on every configured host, one per uuid (see `read_inventory`); guests named
-        in `starting` count as running. Running guests keep the `bound_since` the snapshot gave them."""
+        """Every guest on every configured host, one per uuid (see `merge_copies`); guests named in
+        `starting` count as running. Running guests keep the claim times the snapshot gave their
+        addresses."""
         snapshot = {g.uuid: g for g in self.store.guests()}
         copies: dict[str, list[tuple[Guest, bool]]] = {}
-        self.unreachable: list[str] = []
+        self.unreachable = []
         for h in self.config.hosts:
             try:
                 found = read_copies(h.host())
@@ -98,9 +100,7 @@ class Controller:
             if g.name in starting or g.uuid in starting:
                 g = replace(g, active=True)
             if g.active:
-                prev = snapshot.get(g.uuid)
-                since = prev.bound_since if prev is not None and prev.active else None
-                g = replace(g, bound_since=since if since is not None else now)
+                g = g.claiming_since(snapshot.get(g.uuid), now)
             guests.append(g)
         return Inventory(tuple(h.host() for h in self.config.hosts), tuple(guests))
 
@@ -115,17 +115,24 @@ class Controller:
     def sync(self, starting: Iterable[str] = ()) -> dict[str, int]:
         """Enforce the stored policies on the current inventory, on every host; returns the number of
         nft commands each host needed (0: it already held the right state)."""
-        read_at = time.time()
+        read_at = self.store.tick()
         read = self.inventory(starting)
         with enforcement_lock(self.config.state_dir):
             inventory = self._newer_from_hook(read, read_at)
             state = compile_state(inventory, self.policies())
-            commands = {h: self.enforcer(h).sync(plan).commands for h, plan in state.hosts.items()}
-            self.store.put_guests(list(inventory.guests))
             self.conflicts = [str(c) for c in state.conflicts]
-            return commands
+            # The snapshot is what is desired, stored before enforcing: if a host fails, drift repair
+            # and the hook work towards the new state, never back to the old one.
+            self.store.put_guests(list(inventory.guests), read_at)
+            return {h: self.enforcer(h).sync(plan).commands for h, plan in state.hosts.items()
+                    if h in self.local_hosts}
 
-    def _newer_from_hook(self, inventory: Inventory, read_at: float) -> Inventory:
+    @property
+    def local_hosts(self) -> set[str]:
+        """The hosts whose tables this process enforces (`only_hosts`, or every configured host)."""
+        return set(self.only_hosts) if self.only_hosts else {h.name for h in self.config.hosts}
+
+    def _newer_from_hook(self, inventory: Inventory, read_at: int) -> Inventory:
         newer = self.store.guests_changed_since(read_at)
         if not newer:
             return inventory
@@ -164,12 +171,12 @@ class Controller:
     def apply(self, sources: list[tuple[str, str]], *, replace_all: bool = False,
               starting: Iterable[str] = ()) -> ApplyReport:
         new = parse_policies(sources)  # raises PolicyError: nothing changed
-        read_at = time.time()
+        read_at = self.store.tick()
         read = self.inventory(starting)
         with enforcement_lock(self.config.state_dir):
-            return self._apply(new, self._newer_from_hook(read, read_at), replace_all=replace_all)
+            return self._apply(new, self._newer_from_hook(read, read_at), read_at, replace_all=replace_all)
 
-    def _apply(self, new: list[Policy], inventory: Inventory, *, replace_all: bool) -> ApplyReport:
+    def _apply(self, new: list[Policy], inventory: Inventory, read_at: int, *, replace_all: bool) -> ApplyReport:
         current = {p.name: p for p in self.policies()} if not replace_all else {}
         merged = {**current, **{p.name: p for p in new}}
         policies = list(merged.values())
@@ -179,6 +186,8 @@ class Controller:
         commands: dict[str, int] = {}
         try:
             for host, plan in desired.hosts.items():
+                if host not in self.local_hosts:
+                    continue
                 commands[host] = self.enforcer(host).sync(plan).commands
                 done.append(host)
         except Exception:
@@ -188,7 +197,7 @@ class Controller:
                 except Exception as exc:  # keep rolling back the others
                     log.error("rollback on %s failed: %s", host, exc)
             raise
-        self.store.put_guests(list(inventory.guests))
+        self.store.put_guests(list(inventory.guests), read_at)
         self.store.put_policies([StoredPolicy(p.name, p.file, p.line, p.source) for p in new],
                                 replace_all=replace_all)
         self.store.record("apply", ",".join(sorted(p.name for p in new)), commands=commands)

@@ -6,12 +6,14 @@ script execs `python -m guestward.reconcile.hook --config FILE --host NAME` with
 
 Contract:
 - on `prepare`, `start`, `started`, `migrate`, `restore` and `reconnect` (all `begin`) the guest, as the
-  XML describes it, joins this host in the stored inventory snapshot, and this host's tables are made
-  to hold the plan compiled from that snapshot and the stored policies; on `stopped` and `release`
+  XML describes it, joins this host in the stored inventory snapshot (the last one a full sync stored,
+  with what hooks added since), and this host's tables are made to hold the plan compiled from that
+  snapshot and the stored policies; on `stopped` and `release`
   (`end`) it leaves this host. No libvirt call is made (libvirtd is waiting for us), and nothing
   needs the agent: the store on disk is enough.
 - it fails closed: a vNIC guestward has not bound gets no traffic (the bridge table drops unknown
-  ports). If the hook cannot enforce and that table is not there to drop, it exits 1 on `prepare`,
+  ports). If the hook cannot enforce (no snapshot yet, the lock busy for 10 s, nft failing) and it
+  cannot see both tables in place with none of the guest's ports bound, it exits 1 on `prepare`,
   `migrate` and `restore`, and libvirt refuses to start the guest rather than run it unprotected.
 - every run is recorded in the event log (`hook` events) with its duration.
 """
@@ -41,16 +43,18 @@ BIND_OPS = {"prepare", "start", "started", "migrate", "restore", "reconnect"}
 UNBIND_OPS = {"stopped", "release"}
 # Ops where a failing hook makes libvirt abort the start / incoming migration / restore.
 ABORTING_OPS = {"prepare", "migrate", "restore"}
+LOCK_TIMEOUT = 10.0  # libvirtd waits on us: never forever
 
 
 def joined(snapshot: Guest | None, seen: Guest, host: str, now: float) -> Guest:
     """The guest after it became live on `host`: as its XML says now, also kept wherever else it is
-    live (the other end of a migration), bound since it first ran."""
+    live (the other end of a migration), each address claimed since it was first declared running."""
+    seen = seen.claiming_since(snapshot, now)
     if snapshot is not None and snapshot.active and host not in snapshot.hosts:
-        return replace(seen, host=snapshot.host, also_on=(*snapshot.also_on, host), bound_since=snapshot.bound_since)
+        return replace(seen, host=snapshot.host, also_on=(*snapshot.also_on, host))
     if snapshot is not None and snapshot.active:
-        return replace(seen, host=snapshot.host, also_on=snapshot.also_on, bound_since=snapshot.bound_since)
-    return replace(seen, host=host, also_on=(), bound_since=now)
+        return replace(seen, host=snapshot.host, also_on=snapshot.also_on)
+    return replace(seen, host=host, also_on=())
 
 
 def left(snapshot: Guest, host: str) -> Guest:
@@ -58,7 +62,7 @@ def left(snapshot: Guest, host: str) -> Guest:
     remaining = [h for h in snapshot.hosts if h != host]
     if remaining:
         return replace(snapshot, host=remaining[0], also_on=tuple(remaining[1:]))
-    return replace(snapshot, host=host, also_on=(), active=False, bound_since=None)
+    return replace(snapshot, host=host, also_on=(), active=False, claimed=())
 
 
 def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRunner | None = None) -> int:
@@ -66,13 +70,18 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
     if op not in BIND_OPS | UNBIND_OPS:
         return 0
     start = time.monotonic()
-    store = Store(config.state_dir / "guestward.db")
     enforcer = Enforcer(runner or NftRunner(None))  # libvirtd runs us inside this host's network namespace
     name = "?"
+    store: Store | None = None
     try:
+        store = Store(config.state_dir / "guestward.db")
         seen = guest_from_xml(xml, host, True)
         name = seen.name
-        with enforcement_lock(config.state_dir):
+        if not store.seeded:
+            # No full sync ever stored the snapshot: compiling from it would unbind every other guest
+            # of this host. This guest's vNICs stay unbound (dropped) until `guestward sync`.
+            raise RuntimeError("no inventory snapshot yet (run `guestward sync` once): vNICs left unbound")
+        with enforcement_lock(config.state_dir, timeout=LOCK_TIMEOUT):
             snapshot = {g.uuid: g for g in store.guests()}
             prev = snapshot.get(seen.uuid)
             if op in BIND_OPS:
@@ -93,22 +102,26 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
         return 0
     except Exception as exc:
         print(f"guestward hook {host} {name} {op}/{subop}: {exc}", file=sys.stderr)
-        with contextlib.suppress(Exception):  # the store itself may be what failed
-            store.record("hook-error", name, host=host, op=f"{op}/{subop}", error=str(exc))
-        if op in ABORTING_OPS and not _drops_unknown_ports(enforcer):
+        if store is not None:
+            with contextlib.suppress(Exception):  # the store itself may be what failed
+                store.record("hook-error", name, host=host, op=f"{op}/{subop}", error=str(exc))
+        if op in ABORTING_OPS and not _fails_closed(enforcer, xml, host):
             return 1
         return 0
     finally:
-        store.close()
+        if store is not None:
+            store.close()
 
 
-def _drops_unknown_ports(enforcer: Enforcer) -> bool:
-    """Our bridge table is in place, so a port we did not bind gets no traffic."""
+def _fails_closed(enforcer: Enforcer, xml: str, host: str) -> bool:
+    """Both our tables are in place and none of the guest's ports is bound (to a stale owner, say),
+    so the guest gets no traffic as things stand."""
     try:
-        _, missing = enforcer.read()
+        objects, missing = enforcer.read()
+        ports = {nic.port for nic in guest_from_xml(xml, host, True).interfaces}
     except Exception:
         return False
-    return "bridge" not in missing
+    return not missing and not any(p in ports for p in objects.bound_ports())
 
 
 def main(argv: list[str] | None = None) -> None:

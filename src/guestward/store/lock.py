@@ -8,17 +8,34 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
+class LockTimeout(RuntimeError):
+    pass
+
+
 @contextmanager
-def enforcement_lock(state_dir: Path) -> Iterator[None]:
+def enforcement_lock(state_dir: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the lock for the block; wait at most `timeout` seconds for it (None: as long as it takes)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(state_dir / "enforce.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LockTimeout(f"enforcement lock busy for {timeout:.0f} s") from None
+                    time.sleep(0.01)
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,12 @@ INSERT OR IGNORE INTO revision VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS guest (
     uuid TEXT PRIMARY KEY,
     body TEXT NOT NULL,
-    updated_at REAL NOT NULL
+    stamp INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS clock (
+    id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL, seeded INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO clock VALUES (1, 0, 0);
 CREATE TABLE IF NOT EXISTS event (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -67,6 +72,9 @@ class Store:
         self.path = path
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(guest)")}
+        if columns and "stamp" not in columns:  # a snapshot of an earlier layout: a cache, rebuilt by a sync
+            self._db.execute("DROP TABLE guest")
         self._db.executescript(SCHEMA)
 
     @contextmanager
@@ -107,28 +115,34 @@ class Store:
     def guests(self) -> list[Guest]:
         return [guest_from_json(r[0]) for r in self._db.execute("SELECT body FROM guest ORDER BY uuid")]
 
-    def guests_changed_since(self, since: float) -> dict[str, Guest]:
-        """Snapshot entries written after `since` (by the hook, while someone else read libvirt)."""
-        rows = self._db.execute("SELECT uuid, body FROM guest WHERE updated_at > ?", (since,)).fetchall()
+    def tick(self) -> int:
+        """The next value of the store's write clock (monotonic, shared by every process)."""
+        with self._tx() as db:
+            db.execute("UPDATE clock SET value = value + 1")
+            return int(db.execute("SELECT value FROM clock").fetchone()[0])
+
+    @property
+    def seeded(self) -> bool:
+        """A full sync has stored the snapshot at least once (before that it cannot be trusted)."""
+        return bool(self._db.execute("SELECT seeded FROM clock").fetchone()[0])
+
+    def guests_changed_since(self, stamp: int) -> dict[str, Guest]:
+        """Snapshot entries written with a stamp after `stamp`: newer than a read that began at it."""
+        rows = self._db.execute("SELECT uuid, body FROM guest WHERE stamp > ?", (stamp,)).fetchall()
         return {r[0]: guest_from_json(r[1]) for r in rows}
 
-    def put_guests(self, guests: list[Guest]) -> None:
-        """Replace the whole inventory snapshot (after a full sync)."""
-        now = time.time()
+    def put_guests(self, guests: list[Guest], stamp: int) -> None:
+        """Replace the whole snapshot with a full sync's inventory, read from libvirt from `stamp` on."""
         with self._tx() as db:
             db.execute("DELETE FROM guest")
-            db.executemany("INSERT INTO guest VALUES (?, ?, ?)", [(g.uuid, guest_to_json(g), now) for g in guests])
+            db.executemany("INSERT INTO guest VALUES (?, ?, ?)", [(g.uuid, guest_to_json(g), stamp) for g in guests])
+            db.execute("UPDATE clock SET seeded = 1")
 
     def put_guest(self, guest: Guest) -> None:
+        """One guest, as the hook saw it just now (stamped with the next tick)."""
+        stamp = self.tick()
         self._db.execute("INSERT INTO guest VALUES (?, ?, ?) ON CONFLICT(uuid) DO UPDATE SET body=excluded.body, "
-                         "updated_at=excluded.updated_at", (guest.uuid, guest_to_json(guest), time.time()))
-
-    def delete_guest(self, uuid: str) -> None:
-        self._db.execute("DELETE FROM guest WHERE uuid = ?", (uuid,))
-
-    def transaction(self) -> Any:
-        """`with store.transaction():` one read-modify-write of the snapshot, serialised against others."""
-        return self._tx()
+                         "stamp=excluded.stamp", (guest.uuid, guest_to_json(guest), stamp))
 
     # -- the event log ---------------------------------------------------------------------------
 
@@ -175,7 +189,7 @@ class Store:
 def guest_to_json(g: Guest) -> str:
     return json.dumps({
         "name": g.name, "uuid": g.uuid, "host": g.host, "labels": dict(g.labels), "active": g.active,
-        "also_on": list(g.also_on), "bound_since": g.bound_since,
+        "also_on": list(g.also_on), "claimed": [[str(a), t] for a, t in g.claimed],
         "interfaces": [{"mac": i.mac, "port": i.port, "addresses": [str(a) for a in i.addresses]}
                        for i in g.interfaces],
     }, sort_keys=True)
@@ -185,4 +199,4 @@ def guest_from_json(text: str) -> Guest:
     d = json.loads(text)
     nics = tuple(Interface.of(i["mac"], i["port"], i["addresses"]) for i in d["interfaces"])
     return Guest(d["name"], d["uuid"], d["host"], Labels(d["labels"]), nics, d["active"], tuple(d["also_on"]),
-                 d.get("bound_since"))
+                 tuple((ip_address(a), t) for a, t in d.get("claimed", [])))
