@@ -362,12 +362,12 @@ def _apply_waivers(report: Report, domains: Sequence[DomainFacts], waivers: Sequ
 
 def parse_domains(docs: Iterable[tuple[str, str | bytes, str]]) -> tuple[list[DomainFacts], list[InputError]]:
     """(source, data, view) triples -> parsed domains and per-input errors."""
-    from guestward.audit.facts import parse_domain
+    from guestward.audit.facts import parse_domain_docs
 
     out, errs = [], []
     for source, data, view in docs:
         try:
-            out.append(parse_domain(data, source, view))
+            out.extend(parse_domain_docs(data, source, view))
         except FactError as exc:
             errs.append(InputError(source, str(exc)))
     return out, errs
