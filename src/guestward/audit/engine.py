@@ -279,7 +279,7 @@ def _run_one(check: Check, subject: DomainFacts | HostFacts, domains: Sequence[D
         return Verdict(Status.error, f"check failed: {type(exc).__name__}: {exc}")
 
 
-def audit(checks: Sequence[Check], domains: Sequence[DomainFacts], hosts: Sequence[HostFacts] = (),
+def audit(checks: Sequence[Check], domains: Sequence[DomainFacts], hosts: Sequence[HostFacts] = (), *,
           waivers: Sequence[Waiver] = (), today: dt.date | None = None,
           errors: Sequence[InputError] = ()) -> Report:
     if today is None:

@@ -74,7 +74,10 @@ def _check_operand(op: Op, operand: Operand) -> None:
     if op in {Op.matches, Op.not_matches}:
         if not isinstance(operand, str):
             raise ValueError(f"operator {op.value} needs a regex operand")
-        re.compile(operand)
+        try:
+            re.compile(operand)
+        except re.error as exc:
+            raise ValueError(f"bad regex {operand!r}: {exc}") from None
 
 
 class LabelMatch(_Strict):

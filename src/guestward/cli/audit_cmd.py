@@ -61,7 +61,7 @@ def audit_cmd(
         "--host-root", help="audit host config under this root (/ for this host)")] = None,
     waivers: Annotated[list[Path] | None, typer.Option("--waivers", help="waiver file (YAML)")] = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="output format")] = Format.table,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the report here (default stdout)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the report to this file")] = None,
     fail_on: Annotated[Severity | None, typer.Option(
         "--fail-on", help="exit 1 on a failure at or above this severity")] = None,
     check: Annotated[list[str] | None, typer.Option("--check", help="only these check ids (globs allowed)")] = None,
@@ -123,7 +123,7 @@ def audit_cmd(
     domains, perrs = parse_domains(docs)
     errors += perrs
     hosts = [read_host_root(r, checks) for r in host_root or ()]
-    report = audit(checks, domains, hosts, wl, today=day, errors=errors)
+    report = audit(checks, domains, hosts, waivers=wl, today=day, errors=errors)
 
     if fmt is Format.table:
         render_table(report, bench, show)
