@@ -40,7 +40,8 @@ def test_skip_and_waivers_file_and_benchmark(tmp_path: Path) -> None:
     d = write(tmp_path)
     w = tmp_path / "w.yaml"
     w.write_text("waivers:\n  - {check: LVD-081, guests: [bad], justification: lab only, expires: 2099-01-01}\n")
-    j = json.loads(guestward("audit", str(d / "bad.xml"), "-f", "json", "--waivers", str(w), "--skip", "LVD-040").stdout)
+    j = json.loads(guestward("audit", str(d / "bad.xml"), "-f", "json", "--waivers", str(w),
+                             "--skip", "LVD-040").stdout)
     by = {r["check"]: r for r in j["results"]}
     assert "LVD-040" not in by and by["LVD-081"]["status"] == "waived" and "lab only" in by["LVD-081"]["waiver"]
     b = json.loads(guestward("audit", str(d / "bad.xml"), "-f", "json", "--benchmark", "vsphere-vm-stig").stdout)

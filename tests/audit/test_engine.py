@@ -73,7 +73,7 @@ waivers:
     "waivers: [",
 ])
 def test_bad_waiver_files_are_errors(bad: str) -> None:
-    with pytest.raises(FactError, match="w.yaml"):
+    with pytest.raises(FactError, match=r"w\.yaml"):
         parse_waivers(bad, "w.yaml")
 
 

@@ -61,7 +61,8 @@ def test_several_documents_in_one_file_and_test_driver_nodes() -> None:
 def test_waivers_and_labels_in_metadata_are_read() -> None:
     d = parse_domain("""<domain><name>g</name><metadata><gw:guest xmlns:gw="https://guestward.dev/xmlns/1">
       <gw:label key="trust">untrusted</gw:label>
-      <gw:waiver check="LVD-040" expires="2027-01-31">GPU, IOMMU checked</gw:waiver></gw:guest></metadata></domain>""", "g")
+      <gw:waiver check="LVD-040" expires="2027-01-31">GPU, IOMMU checked</gw:waiver>
+      </gw:guest></metadata></domain>""", "g")
     assert d.labels == {"trust": "untrusted"}
     assert [(w.check, w.expires, w.reason) for w in d.waivers] == [("LVD-040", "2027-01-31", "GPU, IOMMU checked")]
 

@@ -21,8 +21,8 @@ WAIVED = ("<metadata><gw:guest xmlns:gw='https://guestward.dev/xmlns/1'>"
 
 
 def report():  # type: ignore[no-untyped-def]
-    ds = [parse_domain(f"<domain type='qemu'><name>g{i}</name>{WAIVED if i else ''}<devices>"
-                       "<hostdev mode='subsystem' type='pci'/><graphics type='vnc' listen='0.0.0.0'/></devices></domain>",
+    devices = "<hostdev mode='subsystem' type='pci'/><graphics type='vnc' listen='0.0.0.0'/>"
+    ds = [parse_domain(f"<domain type='qemu'><name>g{i}</name>{WAIVED if i else ''}<devices>{devices}</devices></domain>",
                        f"/srv/xml/g{i}.xml") for i in range(2)]
     ds.append(parse_domain("<domain><name>live</name></domain>", "qemu:///system#live", "live"))
     return audit(CHECKS, ds, today=dt.date(2026, 12, 1), errors=[InputError("/srv/xml/bad.xml", "malformed XML")])
@@ -59,5 +59,6 @@ def test_junit_is_well_formed_with_counts() -> None:
 def test_benchmark_reports_per_control() -> None:
     bench = load_benchmarks()["vsphere-vm-stig"]
     rows = {r["control"].split(" ")[0]: r for r in benchmark_controls(report(), bench)}
-    assert rows["vm-9.pci-passthrough"]["status"] == "fail" and "LVD-040" in rows["vm-9.pci-passthrough"]["failing_checks"]
+    pci = rows["vm-9.pci-passthrough"]
+    assert pci["status"] == "fail" and "LVD-040" in pci["failing_checks"]
     assert rows["vm-9.vmrc-lock"]["status"] == "not covered"
