@@ -22,8 +22,8 @@ WAIVED = ("<metadata><gw:guest xmlns:gw='https://guestward.dev/xmlns/1'>"
 
 def report():  # type: ignore[no-untyped-def]
     devices = "<hostdev mode='subsystem' type='pci'/><graphics type='vnc' listen='0.0.0.0'/>"
-    ds = [parse_domain(f"<domain type='qemu'><name>g{i}</name>{WAIVED if i else ''}<devices>{devices}</devices></domain>",
-                       f"/srv/xml/g{i}.xml") for i in range(2)]
+    ds = [parse_domain(f"<domain type='qemu'><name>g{i}</name>{WAIVED if i else ''}<devices>{devices}</devices>"
+                       "</domain>", f"/srv/xml/g{i}.xml") for i in range(2)]
     ds.append(parse_domain("<domain><name>live</name></domain>", "qemu:///system#live", "live"))
     return audit(CHECKS, ds, today=dt.date(2026, 12, 1), errors=[InputError("/srv/xml/bad.xml", "malformed XML")])
 
