@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
@@ -44,7 +45,7 @@ class DomainFacts:
     labels: dict[str, str] = field(default_factory=dict)
     waivers: tuple[XmlWaiver, ...] = ()
 
-    @property
+    @cached_property
     def subject(self) -> str:
         """Unique per audited document: the name alone is not (corpora reuse `vm1`)."""
         return f"domain {self.name} ({self.view} {self.source})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -225,15 +226,23 @@ class WaiverFile(_Strict):
     waivers: list[Waiver]
 
 
-class Result(_Strict):
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One (check, subject) verdict. A plain slotted dataclass: an audit makes ~100 per document."""
+
     check: str
-    subject: str              # "domain NAME (inactive|live|file PATH)" or "host ROOT"
+    subject: str              # "domain NAME (VIEW SOURCE)" or "host ROOT"
     kind: Literal["domain", "host", "fleet", "input"]
     status: Status
     severity: Severity
     message: str = ""
     waiver: str | None = None  # the reason, for waived results
     source: str | None = None  # the file or URI the facts came from
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "subject": self.subject, "kind": self.kind, "status": self.status.value,
+                "severity": self.severity.value, "message": self.message, "waiver": self.waiver,
+                "source": self.source}
 
 
 class Benchmark(_Strict):

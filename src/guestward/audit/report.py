@@ -59,7 +59,7 @@ def benchmark_controls(report: Report, bench: Benchmark) -> list[dict[str, Any]]
 def to_json(report: Report, bench: Benchmark | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "summary": summary(report),
-        "results": [r.model_dump(mode="json") for r in report.results],
+        "results": [r.to_dict() for r in report.results],
         "input_errors": [{"source": e.source, "message": e.message} for e in report.errors],
         "expired_waivers": [vars(w) for w in report.expired_waivers],
     }
