@@ -83,3 +83,16 @@ vnc_listen = "0.0.0.0"
                        ('a = 1\nb = [ "x"\n', "not closed")):
         with pytest.raises(FactError, match=where):
             parse_conf(bad, "qemu.conf")
+
+
+def test_in_xml_waivers_survive_a_label_rewrite() -> None:
+    """`guestward label` rewrites <gw:guest> through metadata_xml: the waivers must come along."""
+    from guestward.hypervisor.domain_xml import guest_element, metadata_waivers, metadata_xml
+
+    xml = """<domain><name>g</name><metadata><gw:guest xmlns:gw="https://guestward.dev/xmlns/1">
+      <gw:label key="a">b</gw:label><gw:waiver check="LVD-040" expires="2027-01-31">GPU &amp; IOMMU</gw:waiver>
+      </gw:guest></metadata></domain>"""
+    kept = metadata_waivers(guest_element(xml))
+    body = metadata_xml({"a": "c"}, [], waivers=kept)
+    d = parse_domain(f"<domain><name>g</name><metadata>{body}</metadata></domain>", "g")
+    assert d.labels == {"a": "c"} and [(w.check, w.reason) for w in d.waivers] == [("LVD-040", "GPU & IOMMU")]

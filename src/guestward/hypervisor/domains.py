@@ -7,7 +7,14 @@ import time
 import libvirt
 
 from guestward.hypervisor import inventory as _inventory  # noqa: F401  (installs the quiet error handler)
-from guestward.hypervisor.domain_xml import NS, guest_element, metadata_addresses, metadata_xml, parse_metadata
+from guestward.hypervisor.domain_xml import (
+    NS,
+    guest_element,
+    metadata_addresses,
+    metadata_waivers,
+    metadata_xml,
+    parse_metadata,
+)
 from guestward.hypervisor.errors import HypervisorError
 
 
@@ -96,7 +103,8 @@ def set_label(uri: str, name: str, key: str, value: str | None) -> bool:
             labels.pop(key, None)
         else:
             labels[key] = value
-        body = metadata_xml(labels, metadata_addresses(guest_el), for_set_metadata=True)
+        body = metadata_xml(labels, metadata_addresses(guest_el), for_set_metadata=True,
+                            waivers=metadata_waivers(guest_el))
         flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0) | (
             libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0)
         dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, body, "gw", NS, flags)
