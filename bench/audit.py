@@ -10,7 +10,7 @@
   domain's inactive and live XML (VIR_DOMAIN_XML_SECURE) and audit it all, in-process, plus one
   wall-clock run of the `guestward audit --uri` command (Python start-up included).
 
-Usage: .venv/bin/python bench/audit.py [--files N] [--reps N] [--guests N]
+Usage: .venv/bin/python bench/audit.py [--files N] [--reps N] [--guests N] [--quick]
 """
 
 from __future__ import annotations
@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=1200)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--guests", type=int, default=50)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 1,000 files, 2 repetitions")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.files, args.reps = 1000, 2
     tp = throughput(args.files, args.reps)
     print(table(["files", "domains", "checks", "results", "wall s (median)", "docs/s", "parse s", "checks s"],
                 [[tp["files"], tp["domains"], tp["checks"], tp["results"], tp["wall_s"]["median"], tp["docs_per_s"],

@@ -93,7 +93,7 @@ def audit_cmd(
     if list_checks:
         t = Table("id", "severity", "scope", "title", title=f"{len(checks)} checks")
         for c in checks:
-            t.add_row(c.id, Text(c.spec.severity.value, COLOUR[c.spec.severity]), c.spec.scope, c.spec.title)
+            t.add_row(c.id, Text(c.spec.severity.value, COLOUR[c.spec.severity]), c.spec.scope, Text(c.spec.title))
         out.print(t)
         return
     if not (targets or uri or host_root):
@@ -165,7 +165,7 @@ def render_table(report: Report, bench: Benchmark | None, show: str) -> None:
             spec = report.checks[r.check].spec
             finding = r.message + (f" [waived: {r.waiver}]" if r.waiver else "")
             t.add_row(r.check, Text(r.severity.value, COLOUR[r.severity]),
-                      Text(r.status.value, STATUS_COLOUR[r.status]), spec.title, finding)
+                      Text(r.status.value, STATUS_COLOUR[r.status]), Text(spec.title), Text(finding))
         out.print(t)
     for e in report.errors:
         out.print(Text(f"input error: {e.source}: {e.message}", "bold red"))
@@ -176,8 +176,8 @@ def render_table(report: Report, bench: Benchmark | None, show: str) -> None:
                   title_justify="left")
         for row in benchmark_controls(report, bench):
             colour = {"pass": "green", "fail": "red", "error": "bold red"}.get(row["status"], "dim")
-            t.add_row(row["control"], Text(row["status"], colour), ", ".join(row["checks"]) or (row["note"] or ""),
-                      ", ".join(row["failing_checks"]))
+            t.add_row(Text(row["control"]), Text(row["status"], colour),
+                      Text(", ".join(row["checks"]) or (row["note"] or "")), ", ".join(row["failing_checks"]))
         out.print(t)
     s = summary(report)
     fails = ", ".join(f"{n} {sev}" for sev, n in reversed(s["failed_by_severity"].items()) if n)
