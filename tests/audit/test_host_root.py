@@ -101,3 +101,17 @@ def test_huge_sparse_domain_file_and_fifo_are_errors_without_reading(tmp_path: P
     msgs = {Path(e.source).name: e.message for e in errors}
     assert "larger than 4 MiB" in msgs["huge.xml"] and "not a regular file" in msgs["pipe.xml"]
     assert "no such file" in msgs["missing.xml"]
+
+
+def test_huge_qemu_log_only_its_tail_is_read(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    logs = root / "var/log/libvirt/qemu"
+    logs.mkdir(parents=True)
+    with open(logs / "web1.log", "wb") as f:
+        f.truncate(2 * 1024**3)
+        f.seek(0, os.SEEK_END)
+        f.write(b"\n2026-11-30T10:00:00Z qemu-system-x86_64: Domain id=3 is tainted: high-privileges\n")
+    host = read_host_root(root, CHECKS)
+    assert len(host.files["/var/log/libvirt/qemu/web1.log"]) <= 256 * 1024
+    r = result(audit(CHECKS, [], [host], today=TODAY), "LVH-079")
+    assert r.status is Status.failed and "high-privileges" in r.message and r.severity.value == "high"

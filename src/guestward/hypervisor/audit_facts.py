@@ -36,8 +36,10 @@ CONFIG_FILES = (
 CONFIG_GLOBS = (
     "/sys/devices/system/cpu/vulnerabilities/*", "/etc/apparmor.d/libvirt/libvirt-*",
     "/etc/systemd/system/libvirtd.socket.d/*.conf", "/etc/systemd/system/virtqemud.socket.d/*.conf",
-    "/etc/systemd/system/virtproxyd.socket.d/*.conf",
+    "/etc/systemd/system/virtproxyd.socket.d/*.conf", "/sys/fs/selinux/booleans/virt_*",
 )
+LOG_GLOBS = ("/var/log/libvirt/qemu/*.log",)  # only their last LOG_TAIL bytes are read
+LOG_TAIL = 256 * 1024
 META_GLOBS = (
     "/etc/systemd/system/sockets.target.wants/*", "/etc/systemd/system/multi-user.target.wants/*",
     "/sys/kernel/iommu_groups/*",
@@ -96,6 +98,19 @@ def _read_capped(real: Path, limit: int, shown: str) -> str:
         if len(data) > limit:
             raise OSError(f"{shown}: larger than {limit} bytes: not read")
         return data.decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
+
+
+def _read_tail(real: Path, limit: int, shown: str) -> str:
+    """The last `limit` bytes of a (log) file, never more, however large it is."""
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{shown}: not a regular file")
+        os.lseek(fd, max(0, st.st_size - limit), os.SEEK_SET)
+        return os.read(fd, limit).decode("utf-8", errors="replace")
     finally:
         os.close(fd)
 
@@ -166,6 +181,12 @@ def read_host_root(root: str | Path, checks: Sequence[Check]) -> HostFacts:
             problems.append((host_path, str(exc)))
         except OSError as exc:
             problems.append((host_path, (exc.strerror and f"{host_path}: {exc.strerror}") or str(exc)))
+    for pat in LOG_GLOBS:
+        for host_path in _expand(root, pat, problems):
+            try:
+                files[host_path] = _read_tail(resolve_in_root(root, host_path), LOG_TAIL, host_path)
+            except OSError as exc:
+                problems.append((host_path, str(exc)))
     meta: dict[str, FileMeta] = {}
     patterns = list(META_GLOBS) + [p for c in checks if isinstance(c.spec.rule, FileRule) for p in c.spec.rule.paths]
     for pat in patterns:
