@@ -108,3 +108,20 @@ def test_operators(op: Op, value: object, operand: object, fails: bool) -> None:
 def test_audit_needs_a_date() -> None:
     with pytest.raises(ValueError, match="today"):
         audit(CHECKS, [])
+
+
+def test_the_tag_shortcut_agrees_with_a_full_search() -> None:
+    """_select skips a search when the path's last tag is absent; it must never change a verdict."""
+    import guestward.audit.engine as engine
+    from tests.audit.test_corpus import CORPUS
+
+    docs = [(str(f), f.read_bytes(), "file") for f in sorted(CORPUS.glob("*.xml"))[:60]]
+    domains, _ = engine.parse_domains(docs)
+    fast = audit(CHECKS, domains, today=TODAY).results
+    real_tag = engine._last_tag
+    try:
+        engine._last_tag = lambda path: None  # type: ignore[assignment]  # never skip
+        slow = audit(CHECKS, domains, today=TODAY).results
+    finally:
+        engine._last_tag = real_tag
+    assert fast == slow

@@ -12,6 +12,7 @@ import fnmatch
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from xml.etree.ElementTree import Element
 
 from guestward.audit.catalogue import Check
@@ -124,8 +125,26 @@ def describe(el: Element) -> str:
     return f"<{tag}{' ' + attrs if attrs else ''}>"
 
 
-def _select(root: Element, paths: Iterable[str]) -> list[Element]:
-    return [el for p in paths for el in root.iterfind(p, NAMESPACES)]
+@lru_cache(maxsize=4096)
+def _last_tag(path: str) -> str | None:
+    """The tag a path's last step names (`{ns}tag` for prefixed names), or None for `*`, `.` and `..`."""
+    step = re.sub(r"\[[^\]]*\]", "", path).rstrip("/").rsplit("/", 1)[-1]
+    if step in ("", "*", ".", ".."):
+        return None
+    if ":" in step:
+        prefix, local = step.split(":", 1)
+        return f"{{{NAMESPACES.get(prefix, prefix)}}}{local}"
+    return step
+
+
+def _select(d: DomainFacts, paths: Iterable[str]) -> list[Element]:
+    out: list[Element] = []
+    for p in paths:
+        last = _last_tag(p)
+        if last is not None and last not in d.tags:  # most devices are absent from most guests: skip the search
+            continue
+        out.extend(d.root.iterfind(p, NAMESPACES))
+    return out
 
 
 def _value_of(el: Element, value: str) -> str | None:
@@ -138,11 +157,11 @@ def eval_domain_rule(rule: DomainRule, d: DomainFacts) -> Verdict:
     if rule.when_labels and not rule.when_labels.matches(d.labels):
         want = ", ".join(f"{k}={v}" for k, v in rule.when_labels.labels.items())
         return Verdict(Status.not_applicable, f"applies to guests labelled {want}")
-    if rule.when and not _select(d.root, rule.when):
+    if rule.when and not _select(d, rule.when):
         return Verdict(Status.not_applicable, "the configuration this check is about is absent")
-    if rule.unless and (hit := _select(d.root, rule.unless)):
+    if rule.unless and (hit := _select(d, rule.unless)):
         return Verdict(Status.passed, f"compensated by {describe(hit[0])}")
-    elems = _select(d.root, rule.select)
+    elems = _select(d, rule.select)
     if rule.value is not None:
         pairs = [(el, v) for el in elems if (v := _value_of(el, rule.value)) is not None]
     else:

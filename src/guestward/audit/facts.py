@@ -46,6 +46,11 @@ class DomainFacts:
     waivers: tuple[XmlWaiver, ...] = ()
 
     @cached_property
+    def tags(self) -> frozenset[str]:
+        """Every element tag in the document: a selector whose last step's tag is not here matches nothing."""
+        return frozenset(el.tag for el in self.root.iter() if isinstance(el.tag, str))
+
+    @cached_property
     def subject(self) -> str:
         """Unique per audited document: the name alone is not (corpora reuse `vm1`)."""
         return f"domain {self.name} ({self.view} {self.source})"
