@@ -10,3 +10,9 @@ $G lab up -f examples/lab/scenario.yaml --policy examples/lab/policy.yaml
 $G lab status
 $G reach
 $G lab probe --all
+# The policy follows the guest: live-migrate web1 to hv2 (the hook binds it there before it resumes)
+# and measure again, then show what the hook and the agent did.
+$G lab migrate web1 hv2
+$G lab status
+$G lab probe --all
+$G events --limit 12

@@ -77,7 +77,9 @@ def guest_versions(draw: st.DrawFn, index: int) -> Guest:
         nics.append(Interface.of(f"52:54:00:00:{index:02x}:{n:02x}", port, [str(a) for a in addrs]))
     host = draw(st.sampled_from((*HOST_NAMES, *HOST_NAMES, "elsewhere")))
     active = draw(st.integers(0, 5)) > 0
-    return Guest(name, f"u{index}", host, draw(labels_st), tuple(nics), active)
+    # mid-migration: a live copy on a second host as well
+    also_on = tuple(draw(st.lists(st.sampled_from(HOST_NAMES), max_size=1))) if draw(st.integers(0, 4)) == 0 else ()
+    return Guest(name, f"u{index}", host, draw(labels_st), tuple(nics), active, also_on)
 
 
 @st.composite
@@ -128,13 +130,15 @@ def endpoints(guests: list[Guest], state: CompiledState) -> list[End]:
 
 
 def contested_ports(guests: list[Guest]) -> set[tuple[str, str]]:
-    """(host, port) pairs that more than one vNIC of the active guests names."""
+    """(host, port) pairs that more than one vNIC of the active guests names (a guest live on two
+    hosts, mid-migration, names its ports on both)."""
     seen: dict[tuple[str, str], int] = {}
     for g in guests:
         if g.active:
-            for nic in g.interfaces:
-                if nic.port is not None:
-                    seen[(g.host, nic.port)] = seen.get((g.host, nic.port), 0) + 1
+            for host in g.hosts:
+                for nic in g.interfaces:
+                    if nic.port is not None:
+                        seen[(host, nic.port)] = seen.get((host, nic.port), 0) + 1
     return {k for k, n in seen.items() if n > 1}
 
 

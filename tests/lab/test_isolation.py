@@ -97,23 +97,45 @@ def rogue(lab: Lab) -> Iterator[GuestSpec]:
         assert guestward("sync").returncode == 0
 
 
-def test_unknown_vnic_gets_no_traffic_until_guestward_knows_it(lab: Lab, rogue: GuestSpec) -> None:
+@pytest.fixture
+def unknown_port(lab: Lab) -> Iterator[str]:
+    """A port on hv1's bridge that no libvirt guest owns: a veth to a namespace at 10.77.0.41."""
+    ns, host_ns = "gwl-stranger", "gwl-hv1"
+    run = lambda *argv: subprocess.run(argv, check=True, capture_output=True)  # noqa: E731
+    run("ip", "netns", "add", ns)
+    try:
+        run("ip", "-n", host_ns, "link", "add", "gwt-stranger", "type", "veth", "peer", "name", "eth0", "netns", ns)
+        run("ip", "-n", host_ns, "link", "set", "gwt-stranger", "master", "gwbr0", "up")
+        run("ip", "-n", ns, "addr", "add", "10.77.0.41/24", "dev", "eth0")
+        run("ip", "-n", ns, "link", "set", "eth0", "up")
+        yield ns
+    finally:
+        subprocess.run(["ip", "-n", host_ns, "link", "del", "gwt-stranger"], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def test_a_port_guestward_does_not_know_gets_no_traffic(lab: Lab, unknown_port: str) -> None:
+    stranger_pings = subprocess.run(["ip", "netns", "exec", unknown_port, "ping", "-c", "2", "-W", "1", WEB1],
+                                    capture_output=True, check=False)
+    assert stranger_pings.returncode != 0
+    assert not pings(lab, "mon1", "10.77.0.41")  # mon1 may ping anything the policy knows
+    assert guestward("sync").returncode == 0     # still nobody guestward knows: still nothing
+    assert not pings(lab, "mon1", "10.77.0.41")
+
+
+def test_a_guest_started_behind_guestwards_back_gets_its_policy_from_the_first_packet(
+        lab: Lab, rogue: GuestSpec) -> None:
+    # No sync: the libvirt hook bound its vNIC from the labels in its domain XML before it ran.
     sock = command_socket(lab.dir, "hv1", "rogue")
     console.wait_ready(sock, timeout=240)
 
     def rogue_pings(address: str) -> bool:
         return console.run(sock, f"ping -c 1 -W 2 {address} >/dev/null 2>&1").status == 0
 
-    # Unknown: nothing leaves it, nothing reaches it (mon1 may ping anything, web1 any prod guest).
-    assert not rogue_pings(WEB1)
-    assert not rogue_pings(LB1)
-    assert not pings(lab, "mon1", "10.77.0.40")
-    assert lab.exec("web1", ["gw-net probe tcp 10.77.0.40 80 2000"]).output.strip() == "blocked"
-    # Once guestward has read it (labels env=prod from its domain XML), the policy applies to it.
-    assert guestward("sync").returncode == 0
     assert any(rogue_pings(WEB1) for _ in range(3))   # baseline ping-within-prod
     assert pings_eventually(lab, "mon1", "10.77.0.40")
     assert lab.exec("web1", ["gw-net probe tcp 10.77.0.40 80 2000"]).output.strip() == "blocked"
+    assert not rogue_pings("10.77.0.250")             # env=prod alone: nothing to the outside
 
 
 def host_probe(lab: Lab, host: str, address: str, port: str) -> bool:

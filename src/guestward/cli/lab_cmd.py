@@ -157,3 +157,44 @@ def _matrix(results: dict[Flow, bool], compiled: dict[Flow, bool]) -> None:
 def _cell(flow: Flow, measured: bool, compiled: bool) -> str:
     mark = "" if measured == compiled else " [bold red]![/]"
     return (f"[green]✓ {flow.port}[/]" if measured else f"[red]✗ {flow.port}[/]") + mark
+
+
+@app.command()
+def migrate(guest: str, host: str) -> None:
+    """Live-migrate a running guest to HOST; its policy is enforced there before it resumes."""
+    try:
+        stats = Lab().migrate(guest, host)
+    except (LabError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    detail = ", ".join(f"{k.replace('_', ' ')} {v} ms" for k, v in stats.items())
+    out.print(f"{guest} migrated to {host}" + (f" ({detail})" if detail else ""), highlight=False)
+
+
+@app.command()
+def clone(guest: str, new: str, host: Annotated[str | None, typer.Option("--host")] = None) -> None:
+    """Copy GUEST as NEW (new UUID, MAC, vNIC and address; the same labels) and boot it."""
+    try:
+        spec = Lab().clone(guest, new, host)
+    except (LabError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"{new} cloned from {guest} on {spec.host}, address {spec.address}", highlight=False)
+
+
+@app.command()
+def stop(guest: str) -> None:
+    """Stop (destroy) a running guest; its definition stays."""
+    try:
+        Lab().stop(guest)
+    except (LabError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"{guest} stopped")
+
+
+@app.command()
+def start(guest: str) -> None:
+    """Boot a stopped guest where it is defined."""
+    try:
+        Lab().start(guest)
+    except (LabError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"{guest} started")

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from guestward.cli import audit_cmd, lab_cmd, policy_cmd
+from guestward.cli import agent_cmd, audit_cmd, inspect_cmd, lab_cmd, policy_cmd
 
 app = typer.Typer(
     name="guestward",
@@ -16,6 +16,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 policy_cmd.register(app)
+agent_cmd.register(app)
+inspect_cmd.register(app)
 audit_cmd.register(app)
 app.add_typer(lab_cmd.app, name="lab")
 

@@ -118,17 +118,21 @@ def register(app: typer.Typer) -> None:
     def sync(config: ConfigOpt = None) -> None:
         """Read every guest from libvirt now and enforce the installed policies on every host.
 
-        Until the agent follows libvirt's events, this is how guestward learns of guests defined,
-        started or changed behind its back (their vNICs get no traffic until then)."""
+        The agent does this on every libvirt event and periodically; without an agent, this is how
+        guestward learns of changes the hook does not see (labels, hot-plugged vNICs)."""
         ctl = controller(config)
         commands = ctl.sync()
         out.print(", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items())) or "no hosts configured",
                   highlight=False)
+        for c in ctl.conflicts:
+            err.print(f"[yellow]conflict:[/] {c}", highlight=False)
+        for h in ctl.unreachable:
+            err.print(f"[yellow]unreachable:[/] {h}: its guests kept as last seen", highlight=False)
 
-    def relabel(config: str | None, guest: str, key: str, value: str | None) -> None:
+    def relabel(config: str | None, guest: str, key: str, value: str | None, reason: str | None = None) -> None:
         ctl = controller(config)
         try:
-            commands = ctl.set_label(guest, key, value)
+            commands = ctl.set_label(guest, key, value, reason=reason)
         except KeyError:
             raise fail(f"no configured host defines a guest named {guest!r}") from None
         except RuntimeError as exc:
@@ -156,14 +160,23 @@ def register(app: typer.Typer) -> None:
         relabel(config, guest, key, value)
 
     @app.command()
-    def quarantine(guest: str, config: ConfigOpt = None) -> None:
-        """Quarantine a guest: only quarantine-tier policies allow its traffic (POLICY.md 2.5)."""
-        relabel(config, guest, QUARANTINE_LABEL[0], QUARANTINE_LABEL[1])
+    def quarantine(
+        guest: str,
+        reason: Annotated[str | None, typer.Option("--reason", help="why (kept in the event log)")] = None,
+        config: ConfigOpt = None,
+    ) -> None:
+        """Quarantine a guest on every host: only quarantine-tier policies allow its traffic, and its
+        open connections are cut (POLICY.md 2.5)."""
+        relabel(config, guest, QUARANTINE_LABEL[0], QUARANTINE_LABEL[1], reason)
 
     @app.command()
-    def release(guest: str, config: ConfigOpt = None) -> None:
+    def release(
+        guest: str,
+        reason: Annotated[str | None, typer.Option("--reason", help="why (kept in the event log)")] = None,
+        config: ConfigOpt = None,
+    ) -> None:
         """Take a guest out of quarantine."""
-        relabel(config, guest, QUARANTINE_LABEL[0], None)
+        relabel(config, guest, QUARANTINE_LABEL[0], None, reason)
 
     @app.command()
     def policies(config: ConfigOpt = None) -> None:

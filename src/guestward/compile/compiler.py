@@ -4,7 +4,8 @@ Invariants (checked by property tests):
 - the result does not depend on the order of policies, rules' policies, or guests;
 - after any sequence of `upsert_guest`/`remove_guest`, `state()` equals `compile_state` of the same
   inputs, and the returned `HostDelta`s replayed on the previous state give the new state;
-- an address claimed by two active guests belongs to neither (fail closed) and is reported.
+- an address claimed by two active guests belongs to the one bound strictly first, else to neither
+  (fail closed), and is reported.
 
 Cost of one guest change: proportional to its addresses, the distinct selectors in the policy set,
 and the other guests claiming its addresses; independent of the number of guests.
@@ -149,7 +150,7 @@ class Compiler:
             for name, hs in self._hosts.items()
         }
         conflicts = tuple(sorted(
-            (Conflict(a, tuple(sorted(self._guests[u].name for u in uuids)))
+            (Conflict(a, tuple(sorted(self._guests[u].name for u in uuids)), self._owner_name(a))
              for a, uuids in self._claims.items() if len(uuids) > 1),
             key=lambda c: (c.address.version, int(c.address), c.guests),  # IPv4 and IPv6 do not compare
         ))
@@ -202,8 +203,25 @@ class Compiler:
         _tally(self._claims, set(g.addresses), g.uuid, sign)
         _tally(self._port_claims, _ports(g), g.uuid, sign)
 
+    def _owner(self, addr: IPAddress) -> str | None:
+        """The uuid that holds `addr`: its only claimant, or the one bound strictly first."""
+        claimants = self._claims.get(addr)
+        if not claimants:
+            return None
+        if len(claimants) == 1:
+            return next(iter(claimants))
+        times = [(self._guests[u].bound_since, u) for u in claimants]
+        if any(t is None for t, _ in times):
+            return None
+        first, second = sorted(times)[:2]  # type: ignore[type-var]
+        return first[1] if first[0] != second[0] else None
+
+    def _owner_name(self, addr: IPAddress) -> str | None:
+        owner = self._owner(addr)
+        return self._guests[owner].name if owner is not None else None
+
     def _owned(self, g: Guest, addresses: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
-        return tuple(a for a in addresses if self._claims.get(a) == {g.uuid})
+        return tuple(a for a in addresses if self._owner(a) == g.uuid)
 
     def _add(self, g: Guest) -> None:
         self._claim(g, +1)
@@ -232,24 +250,29 @@ class Compiler:
         return c
 
     def _contribute_local(self, g: Guest, c: _Contribution) -> None:
-        """The guest's vNICs, dispatch entries and identity chains on its own host."""
-        hs = self._hosts.get(g.host)
-        if hs is not None:
-            ident = identity_id(g.labels)
-            named = [nic.port for nic in g.interfaces]
+        """The guest's vNICs, dispatch entries and identity chains on each host that holds it."""
+        ident = identity_id(g.labels)
+        named = [nic.port for nic in g.interfaces]
+        for host in g.hosts:
+            hs = self._hosts.get(host)
+            if hs is None:
+                continue
+            bound = False
             for nic in g.interfaces:
                 # A port that another guest, or another vNIC of this one, also names is bound to none.
                 if nic.port is None or named.count(nic.port) > 1:
                     continue
-                if self._port_claims.get((g.host, nic.port)) != {g.uuid}:
+                if self._port_claims.get((host, nic.port)) != {g.uuid}:
                     continue
                 nic_owned = self._owned(g, nic.addresses)
                 self._set_vnic(hs, nic.port, VnicBinding(nic.port, nic.mac, g.name, ident, nic_owned))
                 for a in nic_owned:
                     self._set_dispatch(hs, a, ident)
-                c.ports.append(nic.port)
-            if c.ports:
+                c.ports.append((host, nic.port))
+                bound = True
+            if bound:
                 c.ident = ident
+                c.ident_hosts.append(host)
                 self._ref_identity(hs, g.labels, ident, +1)
         self._contrib[g.uuid] = c
 
@@ -257,10 +280,8 @@ class Compiler:
         for d in c.selectors:
             for a in c.owned:
                 self._member(d, a, -1)
-        hs = self._hosts.get(g.host)
-        if hs is None:
-            return
-        for port in c.ports:
+        for host, port in c.ports:
+            hs = self._hosts[host]
             binding = hs.vnics.get(port)
             if binding is not None and binding.guest == g.name:
                 for a in binding.addresses:
@@ -268,7 +289,8 @@ class Compiler:
                         self._set_dispatch(hs, a, None)
                 self._set_vnic(hs, port, None)
         if c.ident is not None:
-            self._ref_identity(hs, g.labels, c.ident, -1)
+            for host in c.ident_hosts:
+                self._ref_identity(self._hosts[host], g.labels, c.ident, -1)
 
     # -- tracked primitives: every change goes through these, so deltas fall out -------------------
 
@@ -394,7 +416,7 @@ class Compiler:
 
 
 def _ports(g: Guest) -> set[tuple[str, str]]:
-    return {(g.host, nic.port) for nic in g.interfaces if nic.port is not None}
+    return {(host, nic.port) for host in g.hosts for nic in g.interfaces if nic.port is not None}
 
 
 def _tally(claims: dict[K, set[str]], keys: Iterable[K], uuid: str, sign: int) -> None:
@@ -412,8 +434,9 @@ def _tally(claims: dict[K, set[str]], keys: Iterable[K], uuid: str, sign: int) -
 class _Contribution:
     owned: tuple[IPAddress, ...] = ()
     selectors: tuple[str, ...] = ()
-    ports: list[str] = field(default_factory=list)
+    ports: list[tuple[str, str]] = field(default_factory=list)  # (host, port)
     ident: str | None = None
+    ident_hosts: list[str] = field(default_factory=list)
 
 
 def compile_state(inventory: Inventory, policies: Iterable[Policy]) -> CompiledState:

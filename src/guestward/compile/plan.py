@@ -81,11 +81,18 @@ class VnicBinding:
 
 @dataclass(frozen=True, order=True)
 class Conflict:
+    """`owner`: the claimant that keeps the address (it was bound first), or None: nobody does."""
+
     address: IPAddress
     guests: tuple[str, ...]
+    owner: str | None = None
 
     def __str__(self) -> str:
-        return f"address {self.address} claimed by {', '.join(self.guests)}: no traffic on it for any of them"
+        claimed = f"address {self.address} claimed by {', '.join(self.guests)}"
+        if self.owner is None:
+            return f"{claimed}: no traffic on it for any of them"
+        others = ", ".join(g for g in self.guests if g != self.owner)
+        return f"{claimed}: {self.owner} keeps it (bound first), no traffic on it for {others}"
 
 
 @dataclass

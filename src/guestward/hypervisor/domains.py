@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import libvirt
 
@@ -84,6 +85,11 @@ def domain_names(uri: str) -> list[str]:
     return sorted(d.name() for d in _conn(uri).listAllDomains())
 
 
+def labels(uri: str, name: str) -> dict[str, str]:
+    """The guestward labels a guest has now (live definition when it runs)."""
+    return dict(parse_metadata(guest_element(str(_dom(uri, name).XMLDesc(0)))).labels)
+
+
 def live_xml(uri: str, name: str) -> str:
     return str(_conn(uri).lookupByName(name).XMLDesc(0))
 
@@ -111,3 +117,93 @@ def set_label(uri: str, name: str, key: str, value: str | None) -> bool:
     except libvirt.libvirtError as exc:
         raise HypervisorError(f"label {name}: {exc.get_error_message()}") from None
     return True
+
+
+def _dom(uri: str, name: str) -> libvirt.virDomain:
+    try:
+        return _conn(uri).lookupByName(name)
+    except libvirt.libvirtError as exc:
+        raise HypervisorError(f"{name}: {exc.get_error_message()}") from None
+
+
+def _call(what: str, fn: Callable[[], object]) -> object:
+    try:
+        return fn()
+    except libvirt.libvirtError as exc:
+        raise HypervisorError(f"{what}: {exc.get_error_message()}") from None
+
+
+def inactive_xml(uri: str, name: str) -> str:
+    return str(_dom(uri, name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+
+
+def migrate(src_uri: str, dst_uri: str, name: str, rewrite: Callable[[str], str], migration_uri: str) -> dict[str, int]:
+    """Live-migrate `name` (live, persistent on the destination, undefined on the source). `rewrite`
+    turns the source's XML into the destination's (host-specific paths); `migration_uri` is where the
+    destination QEMU listens (tcp://ADDRESS). Returns the completed job's statistics (ms)."""
+    dom = _dom(src_uri, name)
+    dest_xml = rewrite(str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)))
+    persist_xml = rewrite(str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_INACTIVE)))
+    flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: dest_xml, libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: persist_xml,
+              libvirt.VIR_MIGRATE_PARAM_URI: migration_uri}
+    new = _call(f"migrate {name}", lambda: dom.migrate3(_conn(dst_uri), params, flags))
+    assert isinstance(new, libvirt.virDomain)
+    try:
+        stats = new.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    except libvirt.libvirtError:
+        stats = {}
+    return {k: int(stats[k]) for k in ("time_elapsed", "downtime") if k in stats}
+
+
+def save(uri: str, name: str, path: str) -> None:
+    """Save the running guest's memory to `path` and stop it."""
+    _call(f"save {name}", lambda: _dom(uri, name).save(path))
+
+
+def restore(uri: str, path: str) -> None:
+    _call(f"restore {path}", lambda: _conn(uri).restore(path))
+
+
+def managed_save(uri: str, name: str) -> None:
+    _call(f"managedsave {name}", lambda: _dom(uri, name).managedSave(0))
+
+
+def snapshot(uri: str, name: str, snap: str) -> None:
+    """A snapshot of the running guest, memory included (internal: the guest needs a qcow2 disk)."""
+    xml = f"<domainsnapshot><name>{snap}</name></domainsnapshot>"
+    _call(f"snapshot {name}", lambda: _dom(uri, name).snapshotCreateXML(xml, 0))
+
+
+def revert(uri: str, name: str, snap: str) -> None:
+    dom = _dom(uri, name)
+    _call(f"revert {name}", lambda: dom.revertToSnapshot(dom.snapshotLookupByName(snap, 0), 0))
+
+
+def undefine(uri: str, name: str) -> None:
+    _call(f"undefine {name}", lambda: _dom(uri, name).undefineFlags(
+        libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA))
+
+
+def attach_device(uri: str, name: str, xml: str) -> None:
+    """Hot-plug a device into the running guest (live and persistent when the guest has a definition)."""
+    dom = _dom(uri, name)
+    flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0)
+    _call(f"attach to {name}", lambda: dom.attachDeviceFlags(xml, flags))
+
+
+def detach_device(uri: str, name: str, xml: str) -> None:
+    dom = _dom(uri, name)
+    flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0)
+    _call(f"detach from {name}", lambda: dom.detachDeviceFlags(xml, flags))
+
+
+def set_addresses(uri: str, name: str, addresses: list[tuple[str, str]]) -> None:
+    """Replace the declared (mac, address) pairs in a guest's `<metadata>`, labels and audit waivers kept."""
+    dom = _dom(uri, name)
+    guest_el = guest_element(str(dom.XMLDesc(0)))
+    labels = dict(parse_metadata(guest_el).labels)
+    body = metadata_xml(labels, addresses, for_set_metadata=True, waivers=metadata_waivers(guest_el))
+    flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0) | (
+        libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0)
+    _call(f"metadata {name}", lambda: dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, body, "gw", NS, flags))

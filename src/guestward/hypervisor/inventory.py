@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 
 import libvirt
 
@@ -29,6 +30,11 @@ def open_host(host: Host) -> libvirt.virConnect:
 
 
 def read_guests(host: Host, conn: libvirt.virConnect | None = None) -> list[Guest]:
+    return [g for g, _ in read_copies(host, conn)]
+
+
+def read_copies(host: Host, conn: libvirt.virConnect | None = None) -> list[tuple[Guest, bool]]:
+    """(guest, its CPUs run here) for every domain of the host."""
     conn = conn or open_host(host)
     guests = []
     try:
@@ -37,8 +43,10 @@ def read_guests(host: Host, conn: libvirt.virConnect | None = None) -> list[Gues
         raise HypervisorError(f"host {host.name}: {exc.get_error_message()}") from None
     for dom in domains:
         try:
-            active = bool(dom.isActive())
-            guests.append(guest_from_xml(dom.XMLDesc(0), host.name, active))
+            state, _reason = dom.state()
+            active = state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED, libvirt.VIR_DOMAIN_NOSTATE)
+            running = state == libvirt.VIR_DOMAIN_RUNNING
+            guests.append((guest_from_xml(dom.XMLDesc(0), host.name, active), running))
         except libvirt.libvirtError as exc:  # the domain went away while we looked
             log.debug("skipping domain: %s", exc)
         except ValueError as exc:
@@ -47,8 +55,25 @@ def read_guests(host: Host, conn: libvirt.virConnect | None = None) -> list[Gues
 
 
 def read_inventory(hosts: Iterable[Host]) -> Inventory:
+    """Every guest of every host, one Guest per uuid.
+
+    A guest live on two hosts at once (both ends of a live migration) is one Guest: its `host` is where
+    its CPUs run (else where it was found first) and `also_on` the other ends, so its vNICs stay bound
+    on both while it switches over. Inactive definitions of a guest that runs elsewhere (the source's
+    persistent copy after a migration) are dropped."""
     hosts = tuple(hosts)
-    guests: list[Guest] = []
+    found: dict[str, list[tuple[Guest, bool]]] = {}
     for h in hosts:
-        guests += read_guests(h)
-    return Inventory(hosts, tuple(guests))
+        for g, running in read_copies(h):
+            found.setdefault(g.uuid, []).append((g, running))
+    return Inventory(hosts, tuple(merge_copies(copies) for copies in found.values()))
+
+
+def merge_copies(copies: list[tuple[Guest, bool]]) -> Guest:
+    """One Guest from the copies of one uuid found on several hosts (see `read_inventory`)."""
+    live = [(g, running) for g, running in copies if g.active]
+    if not live:
+        return copies[0][0]
+    primary = next((g for g, running in live if running), live[0][0])
+    others = tuple(g.host for g, _ in live if g.host != primary.host)
+    return replace(primary, also_on=others) if others else primary

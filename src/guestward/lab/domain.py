@@ -27,6 +27,9 @@ def domain_xml(lab_dir: Path, scenario: Scenario, g: GuestSpec, *, host: str | N
     cmdline = (f"console=ttyS0 quiet panic=-1 no_timer_check gw_name={g.name} gw_ip={scenario.interface(g.address)} "
                f"gw_listen={','.join(g.listen)}")
     uuid_el = f"<uuid>{uuid}</uuid>" if uuid else ""
+    disk = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+            f"<source file='{lab_dir}/disk/{g.name}.qcow2'/><target dev='vda' bus='virtio'/></disk>\n    "
+            if g.disk else "")
     return f"""<domain type='qemu'>
   <name>{g.name}</name>{uuid_el}
   <memory unit='MiB'>160</memory>
@@ -42,7 +45,7 @@ def domain_xml(lab_dir: Path, scenario: Scenario, g: GuestSpec, *, host: str | N
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <interface type='bridge'>
+    {disk}    <interface type='bridge'>
       <source bridge='gwbr0'/><mac address='{g.mac}'/><model type='virtio'/><target dev='{g.tap}'/>
     </interface>
     <serial type='file'><source path='{console_log(lab_dir, g.name)}' append='on'/><target port='0'/></serial>

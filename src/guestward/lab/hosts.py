@@ -93,15 +93,16 @@ def socket_uri(lab_dir: Path, host: str) -> str:
     return f"qemu+unix:///system?socket={host_dir(lab_dir, host)}/sock/libvirt-sock"
 
 
-def start_libvirtd(lab_dir: Path, host: str) -> str:
+def start_libvirtd(lab_dir: Path, host: str, hook: str | None = None) -> str:
     """Start virtlogd + libvirtd for `host` in its namespaces, with private config and state. Returns the URI."""
-    return start_private_libvirtd(netns_name(host), host_dir(lab_dir, host), host, f"guestward-lab/{host}")
+    return start_private_libvirtd(netns_name(host), host_dir(lab_dir, host), host, f"guestward-lab/{host}", hook)
 
 
-def start_private_libvirtd(netns: str, d: Path, hostname: str, identity: str) -> str:
+def start_private_libvirtd(netns: str, d: Path, hostname: str, identity: str, hook: str | None = None) -> str:
     """virtlogd + libvirtd inside network namespace `netns`, in a private mount and UTS namespace (hostname
     `hostname`), with config and state copied under `d` and a host UUID derived from `identity` (distinct
-    hosts need distinct UUIDs to migrate between them). Returns the daemon's URI."""
+    hosts need distinct UUIDs to migrate between them). `hook`: the text of its `hooks/qemu` script
+    (libvirtd finds hooks only when it starts). Returns the daemon's URI."""
     for sub in ("etc", "run", "lib", "cache", "log", "sock"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     shutil.copytree("/etc/libvirt", d / "etc", dirs_exist_ok=True, symlinks=True)
@@ -110,6 +111,10 @@ def start_private_libvirtd(netns: str, d: Path, hostname: str, identity: str) ->
         shutil.copytree(CAPS_CACHE, d / "cache", dirs_exist_ok=True, symlinks=True)
     for autostart in (d / "etc" / "qemu" / "networks" / "autostart").glob("*"):
         autostart.unlink()
+    if hook is not None:
+        (d / "etc" / "hooks").mkdir(exist_ok=True)
+        (d / "etc" / "hooks" / "qemu").write_text(hook)
+        (d / "etc" / "hooks" / "qemu").chmod(0o755)
     host_uuid = uuid.uuid5(uuid.NAMESPACE_URL, identity)
     with open(d / "etc" / "libvirtd.conf", "a") as f:
         f.write(f'\nunix_sock_dir = "{d}/sock"\nhost_uuid = "{host_uuid}"\n')
@@ -152,6 +157,15 @@ def kill_pidfile(pidfile: Path, timeout: float = 10.0) -> None:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def restart_libvirtd(lab_dir: Path, host: str) -> None:
+    """Stop the host's libvirtd (its guests keep running) and start it again in the same namespaces,
+    as an upgrade or a crash would: it reconnects to the running QEMUs (`reconnect` hook)."""
+    d = host_dir(lab_dir, host)
+    kill_pidfile(d / "run" / "libvirtd.pid")
+    virtlogd = (d / "run" / "virtlogd.pid").read_text().strip()
+    sh("nsenter", "-t", virtlogd, "-n", "-m", "-u", "libvirtd", "-d", "-p", f"{d}/run/libvirtd.pid")
 
 
 def stop_host(lab_dir: Path, host: str) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,8 +24,9 @@ from typing import Any
 from guestward.hypervisor import domains
 from guestward.lab import assets, console, hosts
 from guestward.lab.domain import command_socket, console_log, domain_xml
-from guestward.lab.scenario import Scenario, load_scenario
+from guestward.lab.scenario import GuestSpec, Scenario, load_scenario
 from guestward.policy import PortRange, parse_port
+from guestward.reconcile import hook
 from guestward.reconcile.controller import Controller, read_sources
 from guestward.store.config import LAB_DIR, Config, HostConfig, save_config
 
@@ -114,9 +117,10 @@ class Lab:
             hosts.make_external(str(scenario.interface(scenario.external)))
             specs = scenario.external_listen
             hosts.sh(*hosts.in_ns(hosts.EXTERNAL_NS, str(gw_net), "serve", *specs))
+        save_config(self.config(), self.config_file)
         cached = hosts.CAPS_CACHE.exists()
         for i, h in enumerate(scenario.hosts):
-            uri = hosts.start_libvirtd(self.dir, h)
+            uri = hosts.start_libvirtd(self.dir, h, hook.script(sys.executable, self.config_file, h))
             if i == 0 or not cached:
                 domains.wait_for_daemon(uri, timeout=120)
                 domains.domain_names(uri)
@@ -125,9 +129,8 @@ class Lab:
                     cached = True
         for h in scenario.hosts:
             domains.wait_for_daemon(self.uri(h), timeout=120)
-        save_config(self.config(), self.config_file)
         for g in scenario.guests:
-            domains.define(self.uri(g.host), domain_xml(self.dir, scenario, g))
+            self._define(scenario, g)
         # Enforce before the first guest runs: its vNIC is known and bound before it can send.
         ctl = self.controller()
         names = [g.name for g in scenario.guests]
@@ -135,9 +138,119 @@ class Lab:
             ctl.apply(sources, replace_all=True, starting=names)
         else:
             ctl.sync(starting=names)
+        self.start_agent()
         for g in scenario.guests:
             domains.start(self.uri(g.host), g.name)
         self.wait_guests(names)
+
+    def _define(self, scenario: Scenario, g: GuestSpec) -> None:
+        if g.disk:
+            disk = self.disk_path(g.name)
+            disk.parent.mkdir(exist_ok=True)
+            hosts.sh("qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M")
+            shutil.chown(disk, "libvirt-qemu", "kvm") if _user_exists("libvirt-qemu") else None
+        domains.define(self.uri(g.host), domain_xml(self.dir, scenario, g))
+
+    def disk_path(self, guest: str) -> Path:
+        return self.dir / "disk" / f"{guest}.qcow2"
+
+    # -- the agent -------------------------------------------------------------------------------
+
+    @property
+    def agent_pidfile(self) -> Path:
+        return self.dir / "agent.pid"
+
+    def agent_pid(self) -> int | None:
+        """The running agent's pid, or None."""
+        try:
+            pid = int(self.agent_pidfile.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def start_agent(self) -> int:
+        """Start `guestward agent` for the lab's hosts in the background (log: agent.log)."""
+        pid = self.agent_pid()
+        if pid is not None:
+            return pid
+        with open(self.dir / "agent.log", "ab") as logf:
+            proc = subprocess.Popen([sys.executable, "-m", "guestward", "agent", "--config", str(self.config_file)],
+                                    stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.agent_pidfile.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop_agent(self) -> None:
+        hosts.kill_pidfile(self.agent_pidfile)
+        self.agent_pidfile.unlink(missing_ok=True)
+
+    # -- moving guests ---------------------------------------------------------------------------
+
+    def migrate(self, guest: str, dest: str) -> dict[str, int]:
+        """Live-migrate a running guest to host `dest`. Returns libvirt's job statistics (ms)."""
+        sc = self.scenario()
+        if dest not in sc.hosts:
+            raise LabError(f"unknown host {dest!r}")
+        src = self.where(guest)
+        if src is None:
+            raise LabError(f"guest {guest!r} is not running")
+        if src == dest:
+            raise LabError(f"guest {guest!r} already runs on {dest}")
+
+        def rewrite(xml: str) -> str:  # the command socket is per host
+            return xml.replace(str(command_socket(self.dir, src, guest)), str(command_socket(self.dir, dest, guest)))
+
+        return domains.migrate(self.uri(src), self.uri(dest), guest, rewrite, f"tcp://{sc.host_address(dest)}")
+
+    def clone(self, guest: str, new: str, host: str | None = None) -> GuestSpec:
+        """Define and boot a copy of `guest` named `new` (on `host`, default: where `guest` is): new
+        UUID, MAC, tap and address; the labels it has now, and its services."""
+        sc = self.scenario()
+        try:
+            src = sc.guest(guest)
+        except KeyError:
+            raise LabError(f"no guest {guest!r} in the lab") from None
+        where = self.where(guest) or src.host
+        host = host or where
+        labels = domains.labels(self.uri(where), guest)
+        data = sc.model_dump(mode="json")
+        data["guests"].append({"name": new, "host": host, "labels": labels, "listen": src.listen})
+        try:
+            sc = Scenario.model_validate(data)
+        except ValueError as exc:
+            raise LabError(f"clone {new}: {exc}") from None
+        spec = sc.guest(new)
+        self._define(sc, spec)
+        self._save(sc)
+        domains.start(self.uri(host), new)
+        self.wait_guests([new])
+        return spec
+
+    def remove(self, guest: str) -> None:
+        """Stop and undefine a guest everywhere and drop it from the lab (e.g. a clone)."""
+        for h in self.scenario().hosts:
+            domains.destroy(self.uri(h), guest, undefine=True)
+        sc = self.scenario()
+        sc.guests = [g for g in sc.guests if g.name != guest]
+        self._save(sc)
+        self.disk_path(guest).unlink(missing_ok=True)
+
+    def stop(self, guest: str) -> None:
+        host = self.where(guest)
+        if host is None:
+            raise LabError(f"guest {guest!r} is not running")
+        domains.destroy(self.uri(host), guest)
+
+    def start(self, guest: str) -> None:
+        sc = self.scenario()
+        if self.where(guest) is not None:
+            raise LabError(f"guest {guest!r} is already running")
+        for h in sc.hosts:
+            if guest in domains.domain_names(self.uri(h)):
+                domains.start(self.uri(h), guest)
+                self.wait_guests([guest])
+                return
+        raise LabError(f"guest {guest!r} is not defined on any lab host")
 
     def wait_guests(self, names: list[str], timeout: float = BOOT_TIMEOUT) -> None:
         def wait(name: str) -> None:
@@ -163,6 +276,7 @@ class Lab:
             host_names = sc.hosts
         except Exception:
             host_names = [p.name for p in (self.dir / "hosts").glob("*")] if (self.dir / "hosts").exists() else []
+        self.stop_agent()
         for h in host_names:
             try:
                 for name in domains.domain_names(self.uri(h)):

@@ -22,6 +22,7 @@ class GuestSpec(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     address: IPv4Address | None = None
     listen: list[str] = Field(default_factory=lambda: ["tcp/80", "udp/53"])
+    disk: bool = False  # a small qcow2 disk (the guest does not use it): lets libvirt snapshot its memory
 
     @field_validator("listen")
     @classmethod

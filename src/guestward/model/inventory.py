@@ -29,7 +29,11 @@ class Interface:
 
 @dataclass(frozen=True)
 class Guest:
-    """A guest as guestward sees it. `active` is True when it runs (or is about to) on `host`."""
+    """A guest as guestward sees it. `active` is True when it runs (or is about to) on `host`.
+
+    `also_on`: other hosts that hold a live copy of this same guest at this moment: the two ends of
+    a live migration, or a save being restored. Its vNICs stay bound there too, so neither end is
+    without policy while the guest switches over; its addresses are still claimed once."""
 
     name: str
     uuid: str
@@ -37,6 +41,13 @@ class Guest:
     labels: Labels = field(default_factory=Labels)
     interfaces: tuple[Interface, ...] = ()
     active: bool = True
+    also_on: tuple[str, ...] = ()
+    bound_since: float | None = None
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every host where this guest's vNICs are bound: `host` first."""
+        return (self.host, *(h for h in self.also_on if h != self.host))
 
     @property
     def addresses(self) -> tuple[IPAddress, ...]:

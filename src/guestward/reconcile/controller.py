@@ -4,11 +4,21 @@ tables through the enforcer.
 Contract of `apply`: the new policy set is validated (whole) and compiled before anything is
 enforced; if enforcing fails on any host, the hosts already changed are put back to the previous
 plan, the store is not changed, and the error is raised. Nothing of a bad change sticks.
+
+Every change runs under the enforcement lock (shared with the agent and the libvirt hook) and ends by
+storing the inventory it enforced: that snapshot is what the hook compiles from when a guest starts
+or arrives while no agent runs. libvirt is never called while the lock is held: libvirtd may be
+waiting on a hook that waits on the lock. So the inventory is read first, and a guest the hook
+rewrote in the snapshot meanwhile keeps the hook's version (it is newer than what was read).
+
+A host whose libvirtd does not answer keeps its guests as the snapshot last saw them, so one
+unreachable host does not stop enforcement on the others.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,10 +26,12 @@ from pathlib import Path
 from guestward.compile import CompiledState, compile_state
 from guestward.enforce import Enforcer, NftRunner
 from guestward.hypervisor import domains
-from guestward.hypervisor.inventory import read_inventory
-from guestward.model import Inventory
+from guestward.hypervisor.errors import HypervisorError
+from guestward.hypervisor.inventory import merge_copies, read_copies
+from guestward.model import Guest, Inventory
 from guestward.policy import Policy, parse_policies
 from guestward.store.config import Config
+from guestward.store.lock import enforcement_lock
 from guestward.store.sqlite import Store, StoredPolicy
 
 log = logging.getLogger(__name__)
@@ -53,6 +65,8 @@ class Controller:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = Store(config.state_dir / "guestward.db")
+        self.unreachable: list[str] = []
+        self.conflicts: list[str] = []
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -61,20 +75,34 @@ class Controller:
         return parse_policies([(p.file, p.padded_source()) for p in stored])
 
     def inventory(self, starting: Iterable[str] = ()) -> Inventory:
-        """Every guest on every configured host; guests named in `starting` count as running."""
-        inv = read_inventory(h.host() for h in self.config.hosts)
+        """Every guest on every configured host, one per uuid (see `read_inventory`); guests named
+        in `starting` count as running. Running guests keep the `bound_since` the snapshot gave them."""
+        snapshot = {g.uuid: g for g in self.store.guests()}
+        copies: dict[str, list[tuple[Guest, bool]]] = {}
+        self.unreachable: list[str] = []
+        for h in self.config.hosts:
+            try:
+                found = read_copies(h.host())
+            except HypervisorError as exc:
+                log.warning("%s; keeping its guests as last seen", exc)
+                self.unreachable.append(h.name)
+                found = [(replace(g, host=h.name, also_on=()), g.host == h.name)
+                         for g in snapshot.values() if h.name in g.hosts or (not g.active and g.host == h.name)]
+            for g, running in found:
+                copies.setdefault(g.uuid, []).append((g, running))
         starting = set(starting)
-        by_uuid: dict[str, object] = {}
+        now = time.time()
         guests = []
-        for g in inv.guests:
+        for pairs in copies.values():
+            g = merge_copies(pairs)
             if g.name in starting or g.uuid in starting:
                 g = replace(g, active=True)
+            if g.active:
+                prev = snapshot.get(g.uuid)
+                since = prev.bound_since if prev is not None and prev.active else None
+                g = replace(g, bound_since=since if since is not None else now)
             guests.append(g)
-        # A guest known to two hosts (the source's persistent definition after a migration): keep
-        # the running copy.
-        for g in sorted(guests, key=lambda g: g.active):
-            by_uuid[g.uuid] = g
-        return Inventory(inv.hosts, tuple(by_uuid.values()))  # type: ignore[arg-type]
+        return Inventory(tuple(h.host() for h in self.config.hosts), tuple(guests))
 
     def compiled(self, policies: list[Policy] | None = None, starting: Iterable[str] = ()) -> CompiledState:
         return compile_state(self.inventory(starting), self.policies() if policies is None else policies)
@@ -85,35 +113,66 @@ class Controller:
     # -- changing --------------------------------------------------------------------------------
 
     def sync(self, starting: Iterable[str] = ()) -> dict[str, int]:
-        """Enforce the stored policies on the current inventory, on every host."""
-        state = self.compiled(starting=starting)
-        return {h: self.enforcer(h).sync(plan).commands for h, plan in state.hosts.items()}
+        """Enforce the stored policies on the current inventory, on every host; returns the number of
+        nft commands each host needed (0: it already held the right state)."""
+        read_at = time.time()
+        read = self.inventory(starting)
+        with enforcement_lock(self.config.state_dir):
+            inventory = self._newer_from_hook(read, read_at)
+            state = compile_state(inventory, self.policies())
+            commands = {h: self.enforcer(h).sync(plan).commands for h, plan in state.hosts.items()}
+            self.store.put_guests(list(inventory.guests))
+            self.conflicts = [str(c) for c in state.conflicts]
+            return commands
 
-    def set_label(self, guest: str, key: str, value: str | None) -> dict[str, int]:
+    def _newer_from_hook(self, inventory: Inventory, read_at: float) -> Inventory:
+        newer = self.store.guests_changed_since(read_at)
+        if not newer:
+            return inventory
+        guests = {g.uuid: g for g in inventory.guests}
+        guests.update(newer)
+        return Inventory(inventory.hosts, tuple(guests.values()))
+
+    def enforce_snapshot(self, host: str) -> int:
+        """Make `host`'s tables hold the plan of the stored snapshot again (no libvirt call): the
+        repair after someone changed or flushed them. Returns the number of nft commands needed."""
+        with enforcement_lock(self.config.state_dir):
+            inventory = Inventory(tuple(h.host() for h in self.config.hosts), tuple(self.store.guests()))
+            plan = compile_state(inventory, self.policies()).hosts[host]
+            return self.enforcer(host).sync(plan).commands
+
+    def set_label(self, guest: str, key: str, value: str | None, reason: str | None = None) -> dict[str, int]:
         """Set or remove a label on every definition of `guest` (any host), then enforce.
         Raises KeyError when no configured host defines the guest."""
         found = [h.name for h in self.config.hosts if domains.set_label(h.uri, guest, key, value)]
         if not found:
             raise KeyError(guest)
-        self.store.record("label", guest, key=key, value=value, hosts=found)
+        self.store.record("label", guest, key=key, value=value, hosts=found, reason=reason)
         commands = self.sync()
-        inventory = self.inventory()
-        g = inventory.guest(guest)
+        g = next((g for g in self.store.guests() if guest in (g.name, g.uuid)), None)
         if g is not None and g.labels.quarantined:
-            # Quarantine also cuts what is already open: its connections are judged again, by the
-            # quarantine tier only.
-            addresses = [str(a) for a in g.addresses]
-            for h in self.config.hosts:
-                self.enforcer(h.name).forget_connections(addresses)
+            self.forget_connections(g)
         return commands
+
+    def forget_connections(self, g: Guest) -> None:
+        """Quarantine also cuts what is already open: the guest's connections are judged again, by
+        the quarantine tier only, on every host."""
+        addresses = [str(a) for a in g.addresses]
+        for h in self.config.hosts:
+            self.enforcer(h.name).forget_connections(addresses)
 
     def apply(self, sources: list[tuple[str, str]], *, replace_all: bool = False,
               starting: Iterable[str] = ()) -> ApplyReport:
         new = parse_policies(sources)  # raises PolicyError: nothing changed
+        read_at = time.time()
+        read = self.inventory(starting)
+        with enforcement_lock(self.config.state_dir):
+            return self._apply(new, self._newer_from_hook(read, read_at), replace_all=replace_all)
+
+    def _apply(self, new: list[Policy], inventory: Inventory, *, replace_all: bool) -> ApplyReport:
         current = {p.name: p for p in self.policies()} if not replace_all else {}
         merged = {**current, **{p.name: p for p in new}}
         policies = list(merged.values())
-        inventory = self.inventory(starting)
         previous = compile_state(inventory, list(current.values()) if not replace_all else self.policies())
         desired = compile_state(inventory, policies)
         done: list[str] = []
@@ -129,6 +188,7 @@ class Controller:
                 except Exception as exc:  # keep rolling back the others
                     log.error("rollback on %s failed: %s", host, exc)
             raise
+        self.store.put_guests(list(inventory.guests))
         self.store.put_policies([StoredPolicy(p.name, p.file, p.line, p.source) for p in new],
                                 replace_all=replace_all)
         self.store.record("apply", ",".join(sorted(p.name for p in new)), commands=commands)

@@ -1,4 +1,5 @@
-"""The embedded store: policies (by name, with their source text), compiled host plans, an event log.
+"""The embedded store: policies (by name, with their source text), the last enforced inventory (what
+the libvirt hook compiles from while the agent is down), an event log.
 
 Every write is one SQLite transaction: a policy change is stored whole or not at all.
 """
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from guestward.model import Guest, Interface, Labels
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS policy (
     name TEXT PRIMARY KEY,
@@ -24,6 +27,11 @@ CREATE TABLE IF NOT EXISTS policy (
 );
 CREATE TABLE IF NOT EXISTS revision (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
 INSERT OR IGNORE INTO revision VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS guest (
+    uuid TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS event (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -31,6 +39,13 @@ CREATE TABLE IF NOT EXISTS event (
     subject TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS inspection (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject TEXT NOT NULL,
+    at REAL NOT NULL,
+    report TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inspection_subject ON inspection (subject, id);
 """
 
 
@@ -87,18 +102,87 @@ class Store:
             db.executemany("DELETE FROM policy WHERE name = ?", [(n,) for n in names])
             db.execute("UPDATE revision SET value = value + 1")
 
+    # -- the last enforced inventory ------------------------------------------------------------
+
+    def guests(self) -> list[Guest]:
+        return [guest_from_json(r[0]) for r in self._db.execute("SELECT body FROM guest ORDER BY uuid")]
+
+    def guests_changed_since(self, since: float) -> dict[str, Guest]:
+        """Snapshot entries written after `since` (by the hook, while someone else read libvirt)."""
+        rows = self._db.execute("SELECT uuid, body FROM guest WHERE updated_at > ?", (since,)).fetchall()
+        return {r[0]: guest_from_json(r[1]) for r in rows}
+
+    def put_guests(self, guests: list[Guest]) -> None:
+        """Replace the whole inventory snapshot (after a full sync)."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM guest")
+            db.executemany("INSERT INTO guest VALUES (?, ?, ?)", [(g.uuid, guest_to_json(g), now) for g in guests])
+
+    def put_guest(self, guest: Guest) -> None:
+        self._db.execute("INSERT INTO guest VALUES (?, ?, ?) ON CONFLICT(uuid) DO UPDATE SET body=excluded.body, "
+                         "updated_at=excluded.updated_at", (guest.uuid, guest_to_json(guest), time.time()))
+
+    def delete_guest(self, uuid: str) -> None:
+        self._db.execute("DELETE FROM guest WHERE uuid = ?", (uuid,))
+
+    def transaction(self) -> Any:
+        """`with store.transaction():` one read-modify-write of the snapshot, serialised against others."""
+        return self._tx()
+
+    # -- the event log ---------------------------------------------------------------------------
+
     def record(self, kind: str, subject: str, **detail: Any) -> None:
         self._db.execute("INSERT INTO event (at, kind, subject, detail) VALUES (?, ?, ?, ?)",
                          (time.time(), kind, subject, json.dumps(detail, default=str)))
 
-    def events(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        q = "SELECT at, kind, subject, detail FROM event"
-        args: tuple[Any, ...] = ()
+    def events(self, kind: str | None = None, limit: int = 100, since: float = 0.0) -> list[dict[str, Any]]:
+        """The newest events first (of one kind, and after `since` when given)."""
+        q = "SELECT at, kind, subject, detail FROM event WHERE at >= ?"
+        args: tuple[Any, ...] = (since,)
         if kind:
-            q += " WHERE kind = ?"
-            args = (kind,)
+            q += " AND kind = ?"
+            args = (since, kind)
         rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [{"at": r[0], "kind": r[1], "subject": r[2], **json.loads(r[3])} for r in rows]
 
+    def put_inspection(self, subject: str, at: float, report: dict[str, Any]) -> int:
+        """Keep one inspection report of `subject` (a guest as `host/name`, or an image's path)."""
+        cur = self._db.execute("INSERT INTO inspection (subject, at, report) VALUES (?, ?, ?)",
+                               (subject, at, json.dumps(report, default=str)))
+        return int(cur.lastrowid or 0)
+
+    def last_inspection(self, subject: str, before_id: int | None = None) -> dict[str, Any] | None:
+        """The latest stored report of `subject` (older than `before_id` when given), or None."""
+        q, args = "SELECT report FROM inspection WHERE subject = ?", [subject]
+        if before_id is not None:
+            q += " AND id < ?"
+            args.append(before_id)
+        row = self._db.execute(q + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def inspections(self, subject: str | None = None) -> list[tuple[int, str, float]]:
+        q, args = "SELECT id, subject, at FROM inspection", []
+        if subject:
+            q += " WHERE subject = ?"
+            args.append(subject)
+        return [(r[0], r[1], r[2]) for r in self._db.execute(q + " ORDER BY id", args).fetchall()]
+
     def close(self) -> None:
         self._db.close()
+
+
+def guest_to_json(g: Guest) -> str:
+    return json.dumps({
+        "name": g.name, "uuid": g.uuid, "host": g.host, "labels": dict(g.labels), "active": g.active,
+        "also_on": list(g.also_on), "bound_since": g.bound_since,
+        "interfaces": [{"mac": i.mac, "port": i.port, "addresses": [str(a) for a in i.addresses]}
+                       for i in g.interfaces],
+    }, sort_keys=True)
+
+
+def guest_from_json(text: str) -> Guest:
+    d = json.loads(text)
+    nics = tuple(Interface.of(i["mac"], i["port"], i["addresses"]) for i in d["interfaces"])
+    return Guest(d["name"], d["uuid"], d["host"], Labels(d["labels"]), nics, d["active"], tuple(d["also_on"]),
+                 d.get("bound_since"))

@@ -4,8 +4,11 @@
  *                                         connection, many at once), udp echoes per datagram
  *   gw-net probe tcp|udp HOST PORT [MS]   send a token, expect it echoed back within MS (default 1500);
  *                                         prints "allowed" (exit 0) or "blocked" (exit 1)
- *   gw-net stream HOST PORT SECONDS       tcp: send a numbered line every 50 ms and check each echo;
- *                                         prints the longest gap between echoes in ms (exit 1 on error)
+ *   gw-net stream HOST PORT SECONDS [v]   tcp: send a numbered line every 50 ms and check each echo;
+ *                                         prints the longest gap between echoes in ms (exit 1 on error);
+ *                                         with "v" also a line "e" per echo as it comes (flushed)
+ *   gw-net watch tcp|udp HOST PORT SECONDS MS   probe every MS ms for SECONDS; prints
+ *                                         "T allowed|blocked" per probe, T = ms since the start
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -137,14 +140,29 @@ static int probe(const char *proto, const char *host, int port, long timeout) {
         if (udp) { if ((size_t)n == tl && !memcmp(buf, token, tl)) got = tl; }
         else { if (memcmp(buf, token + got, n < (ssize_t)(tl - got) ? n : (ssize_t)(tl - got))) goto blocked; got += n; }
     }
+    close(s);
     printf("allowed\n");
     return 0;
 blocked:
+    close(s);
     printf("blocked\n");
     return 1;
 }
 
-static int stream(const char *host, int port, int seconds) {
+static int watch(const char *proto, const char *host, int port, int seconds, long interval) {
+    long start = now_ms();
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    while (now_ms() - start < seconds * 1000L) {
+        long t = now_ms();
+        printf("%ld ", t - start);
+        if (probe(proto, host, port, interval > 300 ? interval : 300) == 2) return 2;
+        long left = t + interval - now_ms();
+        if (left > 0) usleep(left * 1000);
+    }
+    return 0;
+}
+
+static int stream(const char *host, int port, int seconds, int verbose) {
     struct sockaddr_storage ss; socklen_t len;
     int fam = parse_addr(host, port, &ss, &len);
     if (fam < 0) return 2;
@@ -166,6 +184,7 @@ static int stream(const char *host, int port, int seconds) {
             long t = now_ms();
             if (t - last_echo > max_gap) max_gap = t - last_echo;
             last_echo = t;
+            if (verbose) { printf("e\n"); fflush(stdout); }
             if (have + n < sizeof acc) { memcpy(acc + have, buf, n); have += n; }
             else have = 0;
         }
@@ -180,7 +199,11 @@ int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "serve")) return serve(argc - 2, argv + 2);
     if (argc >= 5 && !strcmp(argv[1], "probe"))
         return probe(argv[2], argv[3], atoi(argv[4]), argc >= 6 ? atol(argv[5]) : 1500);
-    if (argc >= 5 && !strcmp(argv[1], "stream")) return stream(argv[2], atoi(argv[3]), atoi(argv[4]));
-    fprintf(stderr, "usage: gw-net serve SPEC... | probe tcp|udp HOST PORT [MS] | stream HOST PORT SECONDS\n");
+    if (argc >= 5 && !strcmp(argv[1], "stream"))
+        return stream(argv[2], atoi(argv[3]), atoi(argv[4]), argc >= 6 && !strcmp(argv[5], "v"));
+    if (argc >= 7 && !strcmp(argv[1], "watch"))
+        return watch(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atol(argv[6]));
+    fprintf(stderr, "usage: gw-net serve SPEC... | probe tcp|udp HOST PORT [MS] | stream HOST PORT SECONDS [v]"
+                    " | watch tcp|udp HOST PORT SECONDS MS\n");
     return 2;
 }

@@ -1,0 +1,176 @@
+"""The agent: keeps every host's enforcement equal to what libvirt and the stored policies say.
+
+Level-triggered: an event only says "look again"; the work is always a full sync of the current
+inventory (the diff against the kernel keeps it to what changed), so a missed or repeated event
+cannot leave a wrong state behind. One worker does all the work, so changes for one guest are
+serialised; a failed sync is retried with backoff (0.2 s doubling to 5 s), and a full resync runs
+every `resync_interval` seconds whatever happens.
+
+Drift: each host's `nft monitor` is watched; a change to a guestward table by anyone is followed by a
+repair from the stored snapshot (within milliseconds of the change when it was not ours; a check
+every `drift_interval` seconds backs the monitor up). A repair that had to change something is
+recorded as a `drift` event naming the process that made the change when nft says so.
+
+Restarting the agent never flushes anything: it starts with a sync, which only diffs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+from guestward.hypervisor.events import EventSource
+from guestward.reconcile.controller import Controller
+from guestward.store.config import Config
+
+log = logging.getLogger(__name__)
+GENERATION = re.compile(r"# new generation \d+ by process (\d+) \((.*)\)")
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the agent dies, however it dies (prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
+@dataclass
+class _Pending:
+    first_at: float | None = None
+    reasons: list[str] = field(default_factory=list)
+    drift: dict[str, str] = field(default_factory=dict)  # host -> who changed it
+
+
+class Agent:
+    def __init__(self, config: Config, resync_interval: float = 30.0, drift_interval: float = 5.0) -> None:
+        self.config = config
+        self.controller = Controller(config)
+        self.resync_interval = resync_interval
+        self.drift_interval = drift_interval
+        self._cond = threading.Condition()
+        self._pending = _Pending()
+        self._stop = threading.Event()
+        self._monitors: dict[str, subprocess.Popen[str]] = {}
+
+    # -- inputs ----------------------------------------------------------------------------------
+
+    def on_event(self, host: str, uuid: str | None, what: str) -> None:
+        with self._cond:
+            if self._pending.first_at is None:
+                self._pending.first_at = time.monotonic()
+            if len(self._pending.reasons) < 50:
+                self._pending.reasons.append(f"{host}:{uuid or '-'}:{what}")
+            self._cond.notify()
+
+    def on_drift(self, host: str, who: str) -> None:
+        with self._cond:
+            self._pending.drift[host] = who
+            self._cond.notify()
+
+    def _watch_nft(self, host: str) -> None:
+        """Follow `nft monitor` in the host's namespace; restart it if it dies."""
+        netns = self.config.host(host).netns
+        argv = ["nft", "monitor"]
+        if netns:
+            argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
+        while not self._stop.is_set():
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                    preexec_fn=_die_with_parent)
+            self._monitors[host] = proc
+            touched = False
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if " guestward" in line or line.startswith("flush ruleset"):
+                    touched = True
+                m = GENERATION.match(line)
+                if m and touched:
+                    touched = False
+                    self.on_drift(host, f"pid {m.group(1)} ({m.group(2)})")
+            proc.wait()
+            self._stop.wait(0.5)
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify()
+        for proc in self._monitors.values():
+            proc.kill()
+
+    def run(self) -> None:
+        store = self.controller.store
+        store.record("agent", "start", hosts=[h.name for h in self.config.hosts])
+        for h in self.config.hosts:
+            threading.Thread(target=self._watch_nft, args=(h.name,), daemon=True, name=f"nft-{h.name}").start()
+        events = EventSource([h.host() for h in self.config.hosts], self.on_event)
+        self.on_event("*", None, "agent-start")
+        backoff = 0.2
+        next_resync = time.monotonic() + self.resync_interval
+        next_drift_check = time.monotonic() + self.drift_interval
+        try:
+            while not self._stop.is_set():
+                with self._cond:
+                    timeout = max(0.0, min(next_resync, next_drift_check) - time.monotonic())
+                    if self._pending.first_at is None and not self._pending.drift:
+                        self._cond.wait(timeout)
+                    pending, self._pending = self._pending, _Pending()
+                now = time.monotonic()
+                if now >= next_drift_check:
+                    for h in self.config.hosts:
+                        pending.drift.setdefault(h.name, "unknown (periodic check)")
+                    next_drift_check = now + self.drift_interval
+                if now >= next_resync and pending.first_at is None:
+                    pending.first_at, pending.reasons = now, ["periodic resync"]
+                for host, who in pending.drift.items():
+                    self._repair(host, who)
+                if pending.first_at is not None:
+                    try:
+                        self._reconcile(pending)
+                        backoff = 0.2
+                        next_resync = time.monotonic() + self.resync_interval
+                    except Exception as exc:
+                        log.warning("sync failed (retrying in %.1f s): %s", backoff, exc)
+                        store.record("sync-error", "agent", error=str(exc), retry_in=backoff)
+                        self._stop.wait(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                        with self._cond:  # retry: the work stays pending
+                            self._pending.first_at = pending.first_at
+                            self._pending.reasons = pending.reasons + self._pending.reasons
+        finally:
+            events.close()
+            store.record("agent", "stop")
+
+    def _reconcile(self, pending: _Pending) -> None:
+        before = {g.uuid: g for g in self.controller.store.guests()}
+        commands = self.controller.sync()
+        assert pending.first_at is not None
+        ms = round((time.monotonic() - pending.first_at) * 1000, 1)
+        # A guest that became quarantined (by anyone, e.g. `virsh metadata`): cut what it has open.
+        for g in self.controller.store.guests():
+            was = before.get(g.uuid)
+            if g.active and g.labels.quarantined and (was is None or not was.labels.quarantined):
+                self.controller.forget_connections(g)
+        changed = {h: n for h, n in commands.items() if n}
+        if changed or pending.reasons != ["periodic resync"]:
+            self.controller.store.record("reconcile", "agent", reasons=pending.reasons[:20], commands=commands,
+                                         ms=ms, unreachable=self.controller.unreachable,
+                                         conflicts=self.controller.conflicts)
+        log.info("reconciled in %.1f ms: %s (%s)", ms, commands, ", ".join(pending.reasons[:5]))
+
+    def _repair(self, host: str, who: str) -> None:
+        start = time.monotonic()
+        try:
+            n = self.controller.enforce_snapshot(host)
+        except Exception as exc:
+            log.warning("%s: drift repair failed: %s", host, exc)
+            self.controller.store.record("drift-error", host, error=str(exc))
+            return
+        if n:
+            ms = round((time.monotonic() - start) * 1000, 1)
+            log.warning("%s: guestward's tables were changed by %s; restored (%d commands, %.1f ms)", host, who, n, ms)
+            self.controller.store.record("drift", host, by=who, commands=n, ms=ms)

@@ -1,0 +1,139 @@
+"""The libvirt `qemu` hook: a guest's vNICs get their policy before its CPUs run.
+
+libvirt runs `/etc/libvirt/hooks/qemu GUEST OP SUBOP EXTRA` synchronously, with the domain XML on
+stdin, inside libvirtd's namespaces (so `nft` here reaches this host's bridges). guestward's hook
+script execs `python -m guestward.reconcile.hook --config FILE --host NAME` with those arguments.
+
+Contract:
+- on `prepare`, `start`, `started`, `migrate`, `restore` and `reconnect` (all `begin`) the guest, as the
+  XML describes it, joins this host in the stored inventory snapshot, and this host's tables are made
+  to hold the plan compiled from that snapshot and the stored policies; on `stopped` and `release`
+  (`end`) it leaves this host. No libvirt call is made (libvirtd is waiting for us), and nothing
+  needs the agent: the store on disk is enough.
+- it fails closed: a vNIC guestward has not bound gets no traffic (the bridge table drops unknown
+  ports). If the hook cannot enforce and that table is not there to drop, it exits 1 on `prepare`,
+  `migrate` and `restore`, and libvirt refuses to start the guest rather than run it unprotected.
+- every run is recorded in the event log (`hook` events) with its duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from guestward.compile import compile_state
+from guestward.enforce import Enforcer, NftRunner
+from guestward.hypervisor.domain_xml import guest_from_xml
+from guestward.model import Guest, Inventory
+from guestward.policy import parse_policies
+from guestward.store.config import Config, load_config
+from guestward.store.lock import enforcement_lock
+from guestward.store.sqlite import Store
+
+log = logging.getLogger("guestward.hook")
+
+BIND_OPS = {"prepare", "start", "started", "migrate", "restore", "reconnect"}
+UNBIND_OPS = {"stopped", "release"}
+# Ops where a failing hook makes libvirt abort the start / incoming migration / restore.
+ABORTING_OPS = {"prepare", "migrate", "restore"}
+
+
+def joined(snapshot: Guest | None, seen: Guest, host: str, now: float) -> Guest:
+    """The guest after it became live on `host`: as its XML says now, also kept wherever else it is
+    live (the other end of a migration), bound since it first ran."""
+    if snapshot is not None and snapshot.active and host not in snapshot.hosts:
+        return replace(seen, host=snapshot.host, also_on=(*snapshot.also_on, host), bound_since=snapshot.bound_since)
+    if snapshot is not None and snapshot.active:
+        return replace(seen, host=snapshot.host, also_on=snapshot.also_on, bound_since=snapshot.bound_since)
+    return replace(seen, host=host, also_on=(), bound_since=now)
+
+
+def left(snapshot: Guest, host: str) -> Guest:
+    """The guest after it stopped being live on `host`."""
+    remaining = [h for h in snapshot.hosts if h != host]
+    if remaining:
+        return replace(snapshot, host=remaining[0], also_on=tuple(remaining[1:]))
+    return replace(snapshot, host=host, also_on=(), active=False, bound_since=None)
+
+
+def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRunner | None = None) -> int:
+    """Handle one hook call. Returns the exit status for libvirt."""
+    if op not in BIND_OPS | UNBIND_OPS:
+        return 0
+    start = time.monotonic()
+    store = Store(config.state_dir / "guestward.db")
+    enforcer = Enforcer(runner or NftRunner(None))  # libvirtd runs us inside this host's network namespace
+    name = "?"
+    try:
+        seen = guest_from_xml(xml, host, True)
+        name = seen.name
+        with enforcement_lock(config.state_dir):
+            snapshot = {g.uuid: g for g in store.guests()}
+            prev = snapshot.get(seen.uuid)
+            if op in BIND_OPS:
+                now_guest = joined(prev, seen, host, time.time())
+            elif prev is not None and host in prev.hosts and prev.active:
+                now_guest = left(prev, host)
+            else:
+                return 0
+            snapshot[seen.uuid] = now_guest
+            stored = store.policies()
+            policies = parse_policies([(p.file, p.padded_source()) for p in stored])
+            inventory = Inventory(tuple(h.host() for h in config.hosts), tuple(snapshot.values()))
+            plan = compile_state(inventory, policies).hosts[host]
+            result = enforcer.sync(plan)
+            store.put_guest(now_guest)
+        store.record("hook", name, host=host, op=f"{op}/{subop}", commands=result.commands,
+                     ms=round((time.monotonic() - start) * 1000, 1))
+        return 0
+    except Exception as exc:
+        print(f"guestward hook {host} {name} {op}/{subop}: {exc}", file=sys.stderr)
+        with contextlib.suppress(Exception):  # the store itself may be what failed
+            store.record("hook-error", name, host=host, op=f"{op}/{subop}", error=str(exc))
+        if op in ABORTING_OPS and not _drops_unknown_ports(enforcer):
+            return 1
+        return 0
+    finally:
+        store.close()
+
+
+def _drops_unknown_ports(enforcer: Enforcer) -> bool:
+    """Our bridge table is in place, so a port we did not bind gets no traffic."""
+    try:
+        _, missing = enforcer.read()
+    except Exception:
+        return False
+    return "bridge" not in missing
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="guestward-hook")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("guest")
+    parser.add_argument("op")
+    parser.add_argument("subop")
+    parser.add_argument("extra", nargs="*")
+    args = parser.parse_args(argv)
+    xml = sys.stdin.read()
+    try:
+        config = load_config(args.config)
+    except Exception as exc:
+        print(f"guestward hook: {exc}", file=sys.stderr)
+        sys.exit(1 if args.op in ABORTING_OPS else 0)
+    sys.exit(run(config, args.host, args.op, args.subop, xml))
+
+
+def script(python: str, config: Path, host: str) -> str:
+    """The text of `/etc/libvirt/hooks/qemu` for one host."""
+    return (f"#!/bin/sh\n# installed by guestward: policy for a guest's vNICs before its CPUs run\n"
+            f"exec {python} -m guestward.reconcile.hook --config {config} --host {host} \"$@\"\n")
+
+
+if __name__ == "__main__":
+    main()
