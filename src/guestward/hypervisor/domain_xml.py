@@ -99,14 +99,25 @@ def guest_element(xml: str) -> Element | None:
     return meta_el.find(f"{{{NS}}}guest") if meta_el is not None else None
 
 
-def metadata_xml(labels: dict[str, str], addresses: list[tuple[str, str]], *, for_set_metadata: bool = False) -> str:
+def metadata_waivers(guest_el: Element | None) -> list[tuple[str, str, str]]:
+    """The audit waivers (check, expires, reason) of a `<gw:guest>` element, kept when labels are rewritten."""
+    if guest_el is None:
+        return []
+    return [(el.get("check", ""), el.get("expires", ""), (el.text or "").strip())
+            for el in guest_el.findall(f"{{{NS}}}waiver")]
+
+
+def metadata_xml(labels: dict[str, str], addresses: list[tuple[str, str]], *, for_set_metadata: bool = False,
+                 waivers: list[tuple[str, str, str]] | None = None) -> str:
     """The `<gw:guest>` element for domain XML (values are escaped). `for_set_metadata`: the same
     element without namespace prefixes, as `virDomainSetMetadata` wants it (libvirt applies the
-    namespace it is given)."""
+    namespace it is given). `waivers`: the audit's in-XML waivers (README, Hardening audit)."""
     from xml.sax.saxutils import escape, quoteattr
 
     p = "" if for_set_metadata else "gw:"
     parts = [f"<{p}label key={quoteattr(k)}>{escape(v)}</{p}label>" for k, v in sorted(labels.items())]
     parts += [f"<{p}address mac={quoteattr(m)}>{escape(a)}</{p}address>" for m, a in addresses]
+    parts += [f"<{p}waiver check={quoteattr(c)} expires={quoteattr(e)}>{escape(r)}</{p}waiver>"
+              for c, e, r in waivers or ()]
     opening = "<guest>" if for_set_metadata else f'<gw:guest xmlns:gw="{NS}">'
     return opening + "".join(parts) + f"</{p}guest>"

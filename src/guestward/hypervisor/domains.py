@@ -8,7 +8,14 @@ from collections.abc import Callable
 import libvirt
 
 from guestward.hypervisor import inventory as _inventory  # noqa: F401  (installs the quiet error handler)
-from guestward.hypervisor.domain_xml import NS, guest_element, metadata_addresses, metadata_xml, parse_metadata
+from guestward.hypervisor.domain_xml import (
+    NS,
+    guest_element,
+    metadata_addresses,
+    metadata_waivers,
+    metadata_xml,
+    parse_metadata,
+)
 from guestward.hypervisor.errors import HypervisorError
 
 
@@ -102,7 +109,8 @@ def set_label(uri: str, name: str, key: str, value: str | None) -> bool:
             labels.pop(key, None)
         else:
             labels[key] = value
-        body = metadata_xml(labels, metadata_addresses(guest_el), for_set_metadata=True)
+        body = metadata_xml(labels, metadata_addresses(guest_el), for_set_metadata=True,
+                            waivers=metadata_waivers(guest_el))
         flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0) | (
             libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0)
         dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, body, "gw", NS, flags)
@@ -191,11 +199,11 @@ def detach_device(uri: str, name: str, xml: str) -> None:
 
 
 def set_addresses(uri: str, name: str, addresses: list[tuple[str, str]]) -> None:
-    """Replace the declared (mac, address) pairs in a guest's `<metadata>`, labels kept."""
+    """Replace the declared (mac, address) pairs in a guest's `<metadata>`, labels and audit waivers kept."""
     dom = _dom(uri, name)
     guest_el = guest_element(str(dom.XMLDesc(0)))
     labels = dict(parse_metadata(guest_el).labels)
-    body = metadata_xml(labels, addresses, for_set_metadata=True)
+    body = metadata_xml(labels, addresses, for_set_metadata=True, waivers=metadata_waivers(guest_el))
     flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0) | (
         libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0)
     _call(f"metadata {name}", lambda: dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, body, "gw", NS, flags))
