@@ -79,7 +79,10 @@ def guest_versions(draw: st.DrawFn, index: int) -> Guest:
     active = draw(st.integers(0, 5)) > 0
     # mid-migration: a live copy on a second host as well
     also_on = tuple(draw(st.lists(st.sampled_from(HOST_NAMES), max_size=1))) if draw(st.integers(0, 4)) == 0 else ()
-    return Guest(name, f"u{index}", host, draw(labels_st), tuple(nics), active, also_on)
+    # the other end may name a vNIC its own way (libvirt's vnetN)
+    elsewhere = tuple((h, nic.mac, draw(st.sampled_from(("vnet0", "vnet1", f"m{index}")))) for h in also_on
+                      for nic in nics[:1] if draw(st.booleans()))
+    return Guest(name, f"u{index}", host, draw(labels_st), tuple(nics), active, also_on, ports_elsewhere=elsewhere)
 
 
 @st.composite
@@ -136,7 +139,7 @@ def contested_ports(guests: list[Guest]) -> set[tuple[str, str]]:
     for g in guests:
         if g.active:
             for host in g.hosts:
-                for nic in g.interfaces:
+                for nic in g.interfaces_on(host):
                     if nic.port is not None:
                         seen[(host, nic.port)] = seen.get((host, nic.port), 0) + 1
     return {k for k, n in seen.items() if n > 1}

@@ -73,3 +73,14 @@ def test_a_tie_or_an_unknown_binding_time_gives_the_address_to_nobody() -> None:
         s = compile_state(Inventory(HOSTS, (a, b)), WEB_TO_DB)
         assert s.hosts["h1"].vnics["tap-a"].addresses == () and s.hosts["h2"].vnics["tap-b"].addresses == ()
         assert s.conflicts[0].owner is None and "no traffic on it for any of them" in str(s.conflicts[0])
+
+
+def test_each_end_of_a_migration_binds_the_tap_it_named_itself() -> None:
+    web = guest("web", "h1", {"zone": "web"}, "10.0.0.1", port="vnet3")
+    moving = replace(web, also_on=("h2",), ports_elsewhere=(("h2", web.interfaces[0].mac, "vnet0"),))
+    s = compile_state(Inventory(HOSTS, (moving,)), WEB_TO_DB)
+    assert set(s.hosts["h1"].vnics) == {"vnet3"} and set(s.hosts["h2"].vnics) == {"vnet0"}
+    # the source stops: the destination's own name stays, now as the guest's primary port
+    arrived = moving.gone_from("h1")
+    assert (arrived.host, arrived.interfaces[0].port, arrived.also_on) == ("h2", "vnet0", ())
+    assert set(compile_state(Inventory(HOSTS, (arrived,)), WEB_TO_DB).hosts["h2"].vnics) == {"vnet0"}

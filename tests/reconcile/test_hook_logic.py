@@ -69,8 +69,27 @@ def test_snapshot_round_trip(tmp_path: Path) -> None:
 
 def test_copies_of_one_guest_merge_where_its_cpus_run() -> None:
     src, dst = replace(WEB, host="h1"), replace(WEB, host="h2")
-    assert merge_copies([(src, True), (dst, False)]) == replace(src, also_on=("h2",))
-    assert merge_copies([(src, False), (dst, True)]) == replace(dst, also_on=("h1",))
+    assert merge_copies([(src, True), (dst, False)]).hosts == ("h1", "h2")
+    assert merge_copies([(src, False), (dst, True)]).hosts == ("h2", "h1")
     # the source's inactive definition after a migration is dropped
     assert merge_copies([(replace(src, active=False), False), (dst, True)]) == dst
     assert merge_copies([(replace(src, active=False), False)]).active is False
+
+
+def test_an_incoming_migration_with_its_own_tap_name_binds_each_end_by_its_name() -> None:
+    mac = WEB.interfaces[0].mac
+    running = replace(WEB, interfaces=(Interface.of(mac, "vnet3", ["10.0.0.1"]),), claimed=((A, 1.0),))
+    arriving = replace(WEB, host="h2", interfaces=(Interface.of(mac, "vnet0", ["10.0.0.1"]),))
+    both = joined(running, arriving, "h2", 5.0)
+    assert both.interfaces_on("h1")[0].port == "vnet3" and both.interfaces_on("h2")[0].port == "vnet0"
+    after = left(both, "h1")
+    assert (after.host, after.interfaces[0].port, after.ports_elsewhere) == ("h2", "vnet0", ())
+
+
+def test_copies_with_their_own_tap_names_merge_with_both_names() -> None:
+    mac = WEB.interfaces[0].mac
+    src = replace(WEB, host="h1", interfaces=(Interface.of(mac, "vnet3", ["10.0.0.1"]),))
+    dst = replace(WEB, host="h2", interfaces=(Interface.of(mac, "vnet0", ["10.0.0.1"]),))
+    g = merge_copies([(src, True), (dst, False)])
+    assert (g.host, g.also_on) == ("h1", ("h2",))
+    assert g.interfaces_on("h1")[0].port == "vnet3" and g.interfaces_on("h2")[0].port == "vnet0"

@@ -252,13 +252,14 @@ class Compiler:
     def _contribute_local(self, g: Guest, c: _Contribution) -> None:
         """The guest's vNICs, dispatch entries and identity chains on each host that holds it."""
         ident = identity_id(g.labels)
-        named = [nic.port for nic in g.interfaces]
         for host in g.hosts:
             hs = self._hosts.get(host)
             if hs is None:
                 continue
             bound = False
-            for nic in g.interfaces:
+            nics = g.interfaces_on(host)
+            named = [nic.port for nic in nics]
+            for nic in nics:
                 # A port that another guest, or another vNIC of this one, also names is bound to none.
                 if nic.port is None or named.count(nic.port) > 1:
                     continue
@@ -416,7 +417,7 @@ class Compiler:
 
 
 def _ports(g: Guest) -> set[tuple[str, str]]:
-    return {(host, nic.port) for host in g.hosts for nic in g.interfaces if nic.port is not None}
+    return {(host, nic.port) for host in g.hosts for nic in g.interfaces_on(host) if nic.port is not None}
 
 
 def _tally(claims: dict[K, set[str]], keys: Iterable[K], uuid: str, sign: int) -> None:

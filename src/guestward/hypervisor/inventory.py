@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 import libvirt
 
@@ -64,5 +63,7 @@ def merge_copies(copies: list[tuple[Guest, bool]]) -> Guest:
     if not live:
         return copies[0][0]
     primary = next((g for g, running in live if running), live[0][0])
-    others = tuple(g.host for g, _ in live if g.host != primary.host)
-    return replace(primary, also_on=others) if others else primary
+    for g, _ in live:
+        if g.host != primary.host:
+            primary = primary.live_on(g.host, g)
+    return primary

@@ -35,6 +35,10 @@ class Guest:
     a live migration, or a save being restored. Its vNICs stay bound there too, so neither end is
     without policy while the guest switches over; its addresses are still claimed once.
 
+    `ports_elsewhere`: (host, mac, port) for the `also_on` hosts: a host picks its own tap names
+    (libvirt's `vnetN`), so the destination of a migration may name a vNIC differently; a vNIC with no
+    entry for a host has the same port name there as on `host`.
+
     `claimed`: (address, since) pairs: when guestward first saw this guest running with that address
     declared (absent: not known). Of two running guests that claim one address, the one that claimed
     it first keeps it and the later one gets no traffic on it (POLICY.md section 1); when that cannot
@@ -48,6 +52,31 @@ class Guest:
     active: bool = True
     also_on: tuple[str, ...] = ()
     claimed: tuple[tuple[IPAddress, float], ...] = ()
+    ports_elsewhere: tuple[tuple[str, str, str], ...] = ()
+
+    def interfaces_on(self, host: str) -> tuple[Interface, ...]:
+        """The vNICs as `host` names them."""
+        if host == self.host:
+            return self.interfaces
+        names = {mac: port for h, mac, port in self.ports_elsewhere if h == host}
+        return tuple(replace(nic, port=names.get(nic.mac, nic.port)) for nic in self.interfaces)
+
+    def live_on(self, host: str, named_by: Guest) -> Guest:
+        """This guest also live on `host`, whose vNICs `named_by` (the guest as that host sees it) names."""
+        also_on = self.also_on if host in self.hosts else (*self.also_on, host)
+        if host == self.host:
+            return replace(self, also_on=also_on)
+        entries = [(h, m, p) for h, m, p in self.ports_elsewhere if h != host]
+        entries += [(host, nic.mac, nic.port) for nic in named_by.interfaces if nic.port is not None]
+        return replace(self, also_on=also_on, ports_elsewhere=tuple(entries))
+
+    def gone_from(self, host: str) -> Guest:
+        """This guest no longer live on `host` (it must be live somewhere else): the next host holding
+        it becomes its `host`, with its own port names."""
+        remaining = [h for h in self.hosts if h != host]
+        primary = remaining[0]
+        return replace(self, host=primary, interfaces=self.interfaces_on(primary), also_on=tuple(remaining[1:]),
+                       ports_elsewhere=tuple(e for e in self.ports_elsewhere if e[0] in remaining[1:]))
 
     def claimed_at(self, address: IPAddress) -> float | None:
         return next((t for a, t in self.claimed if a == address), None)

@@ -50,19 +50,22 @@ def joined(snapshot: Guest | None, seen: Guest, host: str, now: float) -> Guest:
     """The guest after it became live on `host`: as its XML says now, also kept wherever else it is
     live (the other end of a migration), each address claimed since it was first declared running."""
     seen = seen.claiming_since(snapshot, now)
-    if snapshot is not None and snapshot.active and host not in snapshot.hosts:
-        return replace(seen, host=snapshot.host, also_on=(*snapshot.also_on, host))
-    if snapshot is not None and snapshot.active:
-        return replace(seen, host=snapshot.host, also_on=snapshot.also_on)
-    return replace(seen, host=host, also_on=())
+    if snapshot is None or not snapshot.active:
+        return replace(seen, host=host, also_on=(), ports_elsewhere=())
+    if host == snapshot.host:  # labels and ports as this host's XML says; the other ends kept
+        return replace(seen, also_on=snapshot.also_on, ports_elsewhere=snapshot.ports_elsewhere)
+    # Live elsewhere too: labels and addresses from this XML, port names per host.
+    primary_ports = {nic.mac: nic.port for nic in snapshot.interfaces}
+    here = replace(seen, host=snapshot.host, also_on=snapshot.also_on, ports_elsewhere=snapshot.ports_elsewhere,
+                   interfaces=tuple(replace(nic, port=primary_ports.get(nic.mac, nic.port)) for nic in seen.interfaces))
+    return here.live_on(host, seen)
 
 
 def left(snapshot: Guest, host: str) -> Guest:
     """The guest after it stopped being live on `host`."""
-    remaining = [h for h in snapshot.hosts if h != host]
-    if remaining:
-        return replace(snapshot, host=remaining[0], also_on=tuple(remaining[1:]))
-    return replace(snapshot, host=host, also_on=(), active=False, claimed=())
+    if any(h != host for h in snapshot.hosts):
+        return snapshot.gone_from(host)
+    return replace(snapshot, host=host, also_on=(), active=False, claimed=(), ports_elsewhere=())
 
 
 def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRunner | None = None) -> int:
