@@ -93,3 +93,21 @@ def test_copies_with_their_own_tap_names_merge_with_both_names() -> None:
     g = merge_copies([(src, True), (dst, False)])
     assert (g.host, g.also_on) == ("h1", ("h2",))
     assert g.interfaces_on("h1")[0].port == "vnet3" and g.interfaces_on("h2")[0].port == "vnet0"
+
+
+def test_a_guest_running_on_two_hosts_at_once_is_bound_once_and_reported() -> None:
+    from guestward.hypervisor.inventory import running_twice
+
+    src, dst = replace(WEB, host="h1"), replace(WEB, host="h2")
+    copies = [(src, True), (dst, True)]
+    assert merge_copies(copies).hosts == ("h1",)  # the second running copy stays unbound
+    assert running_twice(copies) == ["h1", "h2"]
+    assert running_twice([(src, True), (dst, False)]) == []
+
+
+def test_pending_cuts_stay_until_done(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    store.add_pending_cuts(["a", "b", "a"])
+    assert store.pending_cuts() == ["a", "b"]
+    store.done_cut("a")
+    assert store.pending_cuts() == ["b"]

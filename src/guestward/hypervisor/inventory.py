@@ -63,7 +63,15 @@ def merge_copies(copies: list[tuple[Guest, bool]]) -> Guest:
     if not live:
         return copies[0][0]
     primary = next((g for g, running in live if running), live[0][0])
-    for g, _ in live:
-        if g.host != primary.host:
+    for g, running in live:
+        # A second copy whose CPUs run too (an aborted migration resumed on both ends) is not a
+        # migration: it stays unbound (fail closed), and `running_twice` lets the caller report it.
+        if g.host != primary.host and not running:
             primary = primary.live_on(g.host, g)
     return primary
+
+
+def running_twice(copies: list[tuple[Guest, bool]]) -> list[str]:
+    """The hosts where one guest's CPUs run at the same time, when there is more than one."""
+    hosts = [g.host for g, running in copies if g.active and running]
+    return hosts if len(hosts) > 1 else []

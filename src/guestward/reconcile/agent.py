@@ -156,15 +156,9 @@ class Agent:
             store.record("agent", "stop")
 
     def _reconcile(self, pending: _Pending) -> None:
-        before = {g.uuid: g for g in self.controller.store.guests()}
-        commands = self.controller.sync()
+        commands = self.controller.sync()  # also cuts the connections of newly quarantined guests
         assert pending.first_at is not None
         ms = round((time.monotonic() - pending.first_at) * 1000, 1)
-        # A guest that became quarantined (by anyone, e.g. `virsh metadata`): cut what it has open.
-        for g in self.controller.store.guests():
-            was = before.get(g.uuid)
-            if g.active and g.labels.quarantined and (was is None or not was.labels.quarantined):
-                self.controller.forget_connections(g)
         changed = {h: n for h, n in commands.items() if n}
         if changed or pending.reasons != ["periodic resync"]:
             self._record("reconcile", "agent", reasons=pending.reasons[:20], commands=commands,

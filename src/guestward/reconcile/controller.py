@@ -27,7 +27,7 @@ from guestward.compile import CompiledState, compile_state
 from guestward.enforce import Enforcer, NftRunner
 from guestward.hypervisor import domains
 from guestward.hypervisor.errors import HypervisorError
-from guestward.hypervisor.inventory import merge_copies, read_copies
+from guestward.hypervisor.inventory import merge_copies, read_copies, running_twice
 from guestward.model import Guest, Inventory
 from guestward.policy import Policy, parse_policies
 from guestward.store.config import Config
@@ -68,6 +68,7 @@ class Controller:
         self.store = Store(config.state_dir / "guestward.db")
         self.unreachable: list[str] = []
         self.conflicts: list[str] = []
+        self.duplicates: list[str] = []
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -95,8 +96,12 @@ class Controller:
         starting = set(starting)
         now = time.time()
         guests = []
+        self.duplicates = []
         for pairs in copies.values():
             g = merge_copies(pairs)
+            if twice := running_twice(pairs):
+                self.duplicates.append(f"guest {g.name} ({g.uuid}) runs on {' and '.join(twice)} at once: "
+                                       f"bound on {g.host} only")
             if g.name in starting or g.uuid in starting:
                 g = replace(g, active=True)
             if g.active:
@@ -120,12 +125,28 @@ class Controller:
         with enforcement_lock(self.config.state_dir):
             inventory = self._newer_from_hook(read, read_at)
             state = compile_state(inventory, self.policies())
-            self.conflicts = [str(c) for c in state.conflicts]
+            self.conflicts = [str(c) for c in state.conflicts] + self.duplicates
+            previous = {g.uuid: g for g in self.store.guests()}
+            newly_quarantined = [g.uuid for g in inventory.guests if g.active and g.labels.quarantined
+                                 and not (g.uuid in previous and previous[g.uuid].labels.quarantined)]
+            self.store.add_pending_cuts(newly_quarantined)
             # The snapshot is what is desired, stored before enforcing: if a host fails, drift repair
             # and the hook work towards the new state, never back to the old one.
             self.store.put_guests(list(inventory.guests), read_at)
-            return {h: self.enforcer(h).sync(plan).commands for h, plan in state.hosts.items()
-                    if h in self.local_hosts}
+            commands = {h: self.enforcer(h).sync(plan).commands for h, plan in state.hosts.items()
+                        if h in self.local_hosts}
+            self._cut_pending(inventory)
+            return commands
+
+    def _cut_pending(self, inventory: Inventory) -> None:
+        """Cut the open connections of every guest that became quarantined (by anyone, through any
+        sync): kept pending in the store until the cut succeeded, so a failed cut is retried."""
+        for uuid in self.store.pending_cuts():
+            g = next((x for x in inventory.guests if x.uuid == uuid), None)
+            if g is not None and g.active and g.labels.quarantined:
+                self.forget_connections(g)
+                self.store.record("cut", g.name, addresses=[str(a) for a in g.addresses])
+            self.store.done_cut(uuid)
 
     @property
     def local_hosts(self) -> set[str]:
@@ -155,18 +176,14 @@ class Controller:
         if not found:
             raise KeyError(guest)
         self.store.record("label", guest, key=key, value=value, hosts=found, reason=reason)
-        commands = self.sync()
-        g = next((g for g in self.store.guests() if guest in (g.name, g.uuid)), None)
-        if g is not None and g.labels.quarantined:
-            self.forget_connections(g)
-        return commands
+        return self.sync()  # a guest that became quarantined has its open connections cut there
 
     def forget_connections(self, g: Guest) -> None:
         """Quarantine also cuts what is already open: the guest's connections are judged again, by
-        the quarantine tier only, on every host."""
+        the quarantine tier only, on every host this process enforces."""
         addresses = [str(a) for a in g.addresses]
-        for h in self.config.hosts:
-            self.enforcer(h.name).forget_connections(addresses)
+        for h in sorted(self.local_hosts):
+            self.enforcer(h).forget_connections(addresses)
 
     def apply(self, sources: list[tuple[str, str]], *, replace_all: bool = False,
               starting: Iterable[str] = ()) -> ApplyReport:

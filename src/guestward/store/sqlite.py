@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS clock (
     id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL, seeded INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO clock VALUES (1, 0, 0);
+CREATE TABLE IF NOT EXISTS pending_cut (uuid TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS event (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -143,6 +144,17 @@ class Store:
         stamp = self.tick()
         self._db.execute("INSERT INTO guest VALUES (?, ?, ?) ON CONFLICT(uuid) DO UPDATE SET body=excluded.body, "
                          "stamp=excluded.stamp", (guest.uuid, guest_to_json(guest), stamp))
+
+    # -- quarantined guests whose open connections are still to be cut ---------------------------
+
+    def add_pending_cuts(self, uuids: list[str]) -> None:
+        self._db.executemany("INSERT OR IGNORE INTO pending_cut VALUES (?)", [(u,) for u in uuids])
+
+    def pending_cuts(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT uuid FROM pending_cut ORDER BY uuid")]
+
+    def done_cut(self, uuid: str) -> None:
+        self._db.execute("DELETE FROM pending_cut WHERE uuid = ?", (uuid,))
 
     # -- the event log ---------------------------------------------------------------------------
 
