@@ -6,9 +6,7 @@ own tables are touched; a read-back is diffed and only the difference applied; i
 
 from __future__ import annotations
 
-import os
 import subprocess
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -42,17 +40,6 @@ def guest(i: int, zone: str, host: str = "hv1") -> Guest:
 def plan_of(guests: list[Guest]) -> HostPlan:
     state = compile_state(Inventory((HOST,), tuple(guests)), parse_policies([("p.yaml", POLICY)]))
     return state.hosts["hv1"]
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    assert os.geteuid() == 0, "nft tests need root (CI runs them as root)"
-    name = f"gwt-nft-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=True)
 
 
 def nft(netns: str, *args: str, stdin: str | None = None) -> str:

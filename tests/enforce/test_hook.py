@@ -3,9 +3,6 @@ needed: the hook never calls it). Exit statuses per op, fail closed, and what it
 
 from __future__ import annotations
 
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +20,6 @@ XML = f"""<domain type='qemu'><name>web</name><uuid>11111111-2222-3333-4444-5555
 <metadata>{metadata_xml({"zone": "web"}, [("52:54:00:00:00:01", "10.0.0.1")])}</metadata>
 <devices><interface type='bridge'><mac address='52:54:00:00:00:01'/><target dev='tap-web'/></interface></devices>
 </domain>"""
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    assert os.geteuid() == 0, "nft tests need root (CI runs them as root)"
-    name = f"gwt-hook-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=True)
 
 
 def config(tmp_path: Path) -> Config:
