@@ -107,8 +107,7 @@ class Agent:
             proc.kill()
 
     def run(self) -> None:
-        store = self.controller.store
-        store.record("agent", "start", hosts=[h.name for h in self.config.hosts])
+        self._record("agent", "start", hosts=sorted(self.controller.local_hosts))
         for h in sorted(self.controller.local_hosts):
             threading.Thread(target=self._watch_nft, args=(h,), daemon=True, name=f"nft-{h}").start()
         events = EventSource([h.host() for h in self.config.hosts], self.on_event)
@@ -153,7 +152,7 @@ class Agent:
                         self._cond.wait(max(0.0, retry_at - time.monotonic()))
         finally:
             events.close()
-            store.record("agent", "stop")
+            self._record("agent", "stop")
 
     def _reconcile(self, pending: _Pending) -> None:
         commands = self.controller.sync()  # also cuts the connections of newly quarantined guests
@@ -161,9 +160,8 @@ class Agent:
         ms = round((time.monotonic() - pending.first_at) * 1000, 1)
         changed = {h: n for h, n in commands.items() if n}
         if changed or pending.reasons != ["periodic resync"]:
-            self._record("reconcile", "agent", reasons=pending.reasons[:20], commands=commands,
-                                         ms=ms, unreachable=self.controller.unreachable,
-                                         conflicts=self.controller.conflicts)
+            self._record("reconcile", "agent", reasons=pending.reasons[:20], commands=commands, ms=ms,
+                         unreachable=self.controller.unreachable, conflicts=self.controller.conflicts)
         log.info("reconciled in %.1f ms: %s (%s)", ms, commands, ", ".join(pending.reasons[:5]))
 
     def _repair(self, host: str, who: str) -> None:
