@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.lab.lifecycle_helpers import ExternalCounter, Watch, longest_outage  # noqa: E402
 
+from guestward.enforce import NftRunner  # noqa: E402
 from guestward.hypervisor import domains  # noqa: E402
 from guestward.lab.lab import Lab  # noqa: E402
 
@@ -56,8 +57,7 @@ def nft_json(host: str) -> dict[str, list[str]]:
 
 
 def text(host: str) -> str:
-    return "".join(subprocess.run(["ip", "netns", "exec", f"gwl-{host}", "nft", "-s", "list", "table", f, "guestward"],
-                                  capture_output=True, text=True, check=False).stdout for f in ("bridge", "inet"))
+    return NftRunner(f"gwl-{host}").text()
 
 
 def until_changed(host: str, before: str, act: callable, timeout: float = 20.0) -> float:  # type: ignore[valid-type]
@@ -100,7 +100,7 @@ def others_touched(before: dict[str, list[str]], after: dict[str, list[str]], ow
 
 def own_identity_chains(before: dict[str, list[str]], after: dict[str, list[str]]) -> set[str]:
     """Chains that appeared or vanished whole (the changed guest's own identity)."""
-    return {c for c in before.keys() ^ after.keys()}
+    return set(before.keys() ^ after.keys())
 
 
 def measure(lab: Lab, reps: int) -> dict[str, dict[str, object]]:

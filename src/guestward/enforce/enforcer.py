@@ -35,16 +35,16 @@ class NftRunner:
 
     netns: str | None = None
 
+    def command(self, *argv: str) -> list[str]:
+        """`argv` as run in the runner's network namespace."""
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *argv] if self.netns else list(argv)
+
     def _argv(self, *args: str) -> list[str]:
-        base = ["nft", *args]
-        return ["nsenter", f"--net=/run/netns/{self.netns}", *base] if self.netns else base
+        return self.command("nft", *args)
 
     def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """Any command in the runner's network namespace."""
-        base = list(argv)
-        if self.netns:
-            base = ["nsenter", f"--net=/run/netns/{self.netns}", *base]
-        return subprocess.run(base, capture_output=True, text=True, check=False)
+        return subprocess.run(self.command(*argv), capture_output=True, text=True, check=False)
 
     def run_json(self, commands: list[dict[str, Any]]) -> None:
         payload = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})

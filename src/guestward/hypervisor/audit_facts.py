@@ -13,7 +13,8 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import libvirt
@@ -84,13 +85,23 @@ def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
     return root.joinpath(*done)
 
 
-def _read_capped(real: Path, limit: int, shown: str) -> str:
-    """Open without following a final link (we resolved it), check the size on the descriptor, read."""
+@contextmanager
+def _open_regular(real: Path, shown: str) -> Iterator[tuple[int, os.stat_result]]:
+    """A descriptor and its stat for a regular file, opened without following a final link (we
+    resolved it) and without blocking on a FIFO; anything else is refused."""
     fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{shown}: not a regular file")
+        yield fd, st
+    finally:
+        os.close(fd)
+
+
+def _read_capped(real: Path, limit: int, shown: str) -> str:
+    """Check the size on the descriptor, then read at most `limit` bytes."""
+    with _open_regular(real, shown) as (fd, st):
         if st.st_size > limit:
             raise OSError(f"{shown}: {st.st_size} bytes, larger than {limit} bytes: not read")
         with os.fdopen(fd, "rb", closefd=False) as f:
@@ -98,21 +109,13 @@ def _read_capped(real: Path, limit: int, shown: str) -> str:
         if len(data) > limit:
             raise OSError(f"{shown}: larger than {limit} bytes: not read")
         return data.decode("utf-8", errors="replace")
-    finally:
-        os.close(fd)
 
 
 def _read_tail(real: Path, limit: int, shown: str) -> str:
     """The last `limit` bytes of a (log) file, never more, however large it is."""
-    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(f"{shown}: not a regular file")
+    with _open_regular(real, shown) as (fd, st):
         os.lseek(fd, max(0, st.st_size - limit), os.SEEK_SET)
         return os.read(fd, limit).decode("utf-8", errors="replace")
-    finally:
-        os.close(fd)
 
 
 def _expand(root: Path, pattern: str, problems: list[tuple[str, str]]) -> list[str]:

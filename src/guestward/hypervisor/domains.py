@@ -102,21 +102,29 @@ def set_label(uri: str, name: str, key: str, value: str | None) -> bool:
         dom = _conn(uri).lookupByName(name)
     except libvirt.libvirtError:
         return False
-    try:
-        guest_el = guest_element(dom.XMLDesc(0))
-        labels = dict(parse_metadata(guest_el).labels)
+
+    def relabel(labels: dict[str, str], _addresses: list[tuple[str, str]]) -> None:
         if value is None:
             labels.pop(key, None)
         else:
             labels[key] = value
-        body = metadata_xml(labels, metadata_addresses(guest_el), for_set_metadata=True,
-                            waivers=metadata_waivers(guest_el))
-        flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0) | (
-            libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0)
-        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, body, "gw", NS, flags)
-    except libvirt.libvirtError as exc:
-        raise HypervisorError(f"label {name}: {exc.get_error_message()}") from None
+
+    _call(f"label {name}", lambda: _rewrite_metadata(dom, relabel))
     return True
+
+
+def _rewrite_metadata(dom: libvirt.virDomain,
+                      edit: Callable[[dict[str, str], list[tuple[str, str]]], None]) -> None:
+    """Rewrite a guest's `<gw:guest>` element after `edit` changed its labels and (mac, address)
+    pairs in place; audit waivers are kept. Live definition when it runs, persistent one when it has one."""
+    guest_el = guest_element(str(dom.XMLDesc(0)))
+    labels = dict(parse_metadata(guest_el).labels)
+    addresses = metadata_addresses(guest_el)
+    edit(labels, addresses)
+    body = metadata_xml(labels, addresses, for_set_metadata=True, waivers=metadata_waivers(guest_el))
+    flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0) | (
+        libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0)
+    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, body, "gw", NS, flags)
 
 
 def _dom(uri: str, name: str) -> libvirt.virDomain:
@@ -201,9 +209,8 @@ def detach_device(uri: str, name: str, xml: str) -> None:
 def set_addresses(uri: str, name: str, addresses: list[tuple[str, str]]) -> None:
     """Replace the declared (mac, address) pairs in a guest's `<metadata>`, labels and audit waivers kept."""
     dom = _dom(uri, name)
-    guest_el = guest_element(str(dom.XMLDesc(0)))
-    labels = dict(parse_metadata(guest_el).labels)
-    body = metadata_xml(labels, addresses, for_set_metadata=True, waivers=metadata_waivers(guest_el))
-    flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0) | (
-        libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0)
-    _call(f"metadata {name}", lambda: dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, body, "gw", NS, flags))
+
+    def readdress(_labels: dict[str, str], current: list[tuple[str, str]]) -> None:
+        current[:] = addresses
+
+    _call(f"metadata {name}", lambda: _rewrite_metadata(dom, readdress))

@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from guestward.enforce import NftRunner
 from guestward.hypervisor.events import EventSource
 from guestward.reconcile.controller import Controller
 from guestward.store.config import Config
@@ -77,10 +78,7 @@ class Agent:
 
     def _watch_nft(self, host: str) -> None:
         """Follow `nft monitor` in the host's namespace; restart it if it dies."""
-        netns = self.config.host(host).netns
-        argv = ["nft", "monitor"]
-        if netns:
-            argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
+        argv = NftRunner(self.config.host(host).netns).command("nft", "monitor")
         while not self._stop.is_set():
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                     preexec_fn=_die_with_parent)

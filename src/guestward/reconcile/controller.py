@@ -30,6 +30,7 @@ from guestward.hypervisor.errors import HypervisorError
 from guestward.hypervisor.inventory import merge_copies, read_copies, running_twice
 from guestward.model import Guest, Inventory
 from guestward.policy import Policy, parse_policies
+from guestward.reconcile.hook import snapshot_plan
 from guestward.store.config import Config
 from guestward.store.lock import enforcement_lock
 from guestward.store.sqlite import Store, StoredPolicy
@@ -73,8 +74,7 @@ class Controller:
     # -- reading ---------------------------------------------------------------------------------
 
     def policies(self) -> list[Policy]:
-        stored = self.store.policies()
-        return parse_policies([(p.file, p.padded_source()) for p in stored])
+        return parse_policies(self.store.policy_sources())
 
     def inventory(self, starting: Iterable[str] = ()) -> Inventory:
         """Every guest on every configured host, one per uuid (see `merge_copies`); guests named in
@@ -165,9 +165,7 @@ class Controller:
         """Make `host`'s tables hold the plan of the stored snapshot again (no libvirt call): the
         repair after someone changed or flushed them. Returns the number of nft commands needed."""
         with enforcement_lock(self.config.state_dir):
-            inventory = Inventory(tuple(h.host() for h in self.config.hosts), tuple(self.store.guests()))
-            plan = compile_state(inventory, self.policies()).hosts[host]
-            return self.enforcer(host).sync(plan).commands
+            return self.enforcer(host).sync(snapshot_plan(self.config, self.store, self.store.guests(), host)).commands
 
     def set_label(self, guest: str, key: str, value: str | None, reason: str | None = None) -> dict[str, int]:
         """Set or remove a label on every definition of `guest` (any host), then enforce.

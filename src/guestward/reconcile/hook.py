@@ -28,7 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from guestward.compile import compile_state
+from guestward.compile import HostPlan, compile_state
 from guestward.enforce import Enforcer, NftRunner
 from guestward.hypervisor.domain_xml import guest_from_xml
 from guestward.model import Guest, Inventory
@@ -68,6 +68,12 @@ def left(snapshot: Guest, host: str) -> Guest:
     return replace(snapshot, host=host, also_on=(), active=False, claimed=(), ports_elsewhere=())
 
 
+def snapshot_plan(config: Config, store: Store, guests: list[Guest], host: str) -> HostPlan:
+    """`host`'s plan for an inventory snapshot and the stored policies (no libvirt call)."""
+    inventory = Inventory(tuple(h.host() for h in config.hosts), tuple(guests))
+    return compile_state(inventory, parse_policies(store.policy_sources())).hosts[host]
+
+
 def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRunner | None = None) -> int:
     """Handle one hook call. Returns the exit status for libvirt."""
     if op not in BIND_OPS | UNBIND_OPS:
@@ -94,11 +100,7 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
             else:
                 return 0
             snapshot[seen.uuid] = now_guest
-            stored = store.policies()
-            policies = parse_policies([(p.file, p.padded_source()) for p in stored])
-            inventory = Inventory(tuple(h.host() for h in config.hosts), tuple(snapshot.values()))
-            plan = compile_state(inventory, policies).hosts[host]
-            result = enforcer.sync(plan)
+            result = enforcer.sync(snapshot_plan(config, store, list(snapshot.values()), host))
             store.put_guest(now_guest)
         store.record("hook", name, host=host, op=f"{op}/{subop}", commands=result.commands,
                      ms=round((time.monotonic() - start) * 1000, 1))

@@ -92,6 +92,10 @@ class Store:
         rows = self._db.execute("SELECT name, file, line, source FROM policy ORDER BY name").fetchall()
         return [StoredPolicy(*r) for r in rows]
 
+    def policy_sources(self) -> list[tuple[str, str]]:
+        """(file, text) of every stored policy, padded so that parsing reports the original lines."""
+        return [(p.file, p.padded_source()) for p in self.policies()]
+
     def put_policies(self, policies: list[StoredPolicy], *, replace_all: bool = False) -> int:
         """Upsert policies by name (or replace the whole set) in one transaction. Returns the revision."""
         with self._tx() as db:
