@@ -1,12 +1,14 @@
 """Evaluate rendered nftables objects for one packet, as the kernel would (the subset render.py writes).
 
 A packet crosses a host as br_netfilter makes it: bridge prerouting (-300), bridge forward (-200),
-then the inet forward hook. Base chains have policy accept: the end of a chain reached by `goto`
-falls back to it, a missed `vmap` lookup goes on with the next rule, `accept` ends the hook.
+then the inet forward hook. The end of a chain reached by `goto` falls back to the base chain's
+policy, a missed `vmap` lookup goes on with the next rule, `accept` ends the hook. `POLICY_REACHED`
+counts the packets decided by a policy (render.py promises none are: every path ends in a verdict).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any
@@ -32,6 +34,9 @@ class Packet:
     @property
     def ip_family(self) -> str:
         return "ip" if self.saddr.version == 4 else "ip6"
+
+
+POLICY_REACHED: Counter[tuple[str, str]] = Counter()
 
 
 def _value(expr: Any, p: Packet) -> Any:
@@ -106,7 +111,8 @@ def run_hook(o: NftObjects, family: str, base: str, p: Packet) -> tuple[str, Pac
     for _ in range(10_000):
         rules = o.chains[(family, chain)].rules
         if rule_index >= len(rules):
-            return "accept", p  # end of chain: the base chain's policy
+            POLICY_REACHED[(family, base)] += 1
+            return o.chains[(family, base)].policy, p  # end of chain: the base chain's policy
         expr = rules[rule_index].expr
         rule_index += 1
         verdict: str | None = None

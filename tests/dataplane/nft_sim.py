@@ -8,6 +8,7 @@ chain or set still referenced cannot be deleted, and a chain must be empty (flus
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 from guestward.dataplane import NftChain, NftObjects, NftSet
@@ -64,6 +65,14 @@ def apply(start: NftObjects, commands: list[dict[str, Any]]) -> NftObjects:
         (op, body), = cmd.items()
         (kind, spec), = body.items()
         if kind == "table":
+            if op == "delete":  # the whole table of that family goes, whatever it holds
+                f = spec["family"]
+                for key in [k for k in o.chains if k[0] == f]:
+                    del o.chains[key]
+                    del rules[key]
+                for key in [k for k in o.sets if k[0] == f]:
+                    del o.sets[key]
+                    del o.elements[key]
             continue
         family, name = spec["family"], spec.get("name")
         if op == "add" and kind in ("set", "map"):
@@ -74,9 +83,14 @@ def apply(start: NftObjects, commands: list[dict[str, Any]]) -> NftObjects:
                 raise NftError(f"set {name} exists")
             o.add_set(s)
         elif op == "add" and kind == "chain":
-            if (family, name) in o.chains:
+            existing = o.chains.get((family, name))
+            if existing is not None and not (existing.hook and spec.get("hook")):
                 raise NftError(f"chain {name} exists")
-            o.add_chain(NftChain(family, name, (), spec.get("hook"), int(spec.get("prio", 0))))
+            if existing is not None:  # `add` of an existing base chain: sets its policy, keeps its rules
+                o.add_chain(replace(existing, policy=spec.get("policy", "accept")))
+                continue
+            o.add_chain(NftChain(family, name, (), spec.get("hook"), int(spec.get("prio", 0)),
+                                 spec.get("policy", "accept")))
             rules[(family, name)] = []
         elif op == "add" and kind == "rule":
             key = (family, spec["chain"])
@@ -138,7 +152,7 @@ def apply(start: NftObjects, commands: list[dict[str, Any]]) -> NftObjects:
         else:
             raise NftError(f"unexpected command {cmd}")
     for key, c in list(o.chains.items()):
-        o.chains[key] = NftChain(c.family, c.name, tuple(rules[key]), c.hook, c.priority)
+        o.chains[key] = replace(c, rules=tuple(rules[key]))
     return o
 
 
@@ -181,7 +195,7 @@ def list_table(o: NftObjects, family: str) -> dict[str, Any]:
             continue
         cb: dict[str, Any] = {"family": f, "table": o.table, "name": c.name, "handle": handle}
         if c.hook:
-            cb.update({"type": "filter", "hook": c.hook, "prio": c.priority, "policy": "accept"})
+            cb.update({"type": "filter", "hook": c.hook, "prio": c.priority, "policy": c.policy})
         items.append({"chain": cb})
         handle += 1
     for (f, _), c in o.chains.items():

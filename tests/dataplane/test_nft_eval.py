@@ -15,7 +15,7 @@ from guestward.policy import Policy
 from tests.compile import plan_interpreter
 from tests.compile.builders import lab_example
 from tests.compile.strategies import End, endpoints, flows, inventories, policy_sets
-from tests.dataplane.nft_eval import Packet, cross_host
+from tests.dataplane.nft_eval import POLICY_REACHED, Packet, cross_host
 
 HOSTS = tuple(Host(h, f"test:///{h}", (f"up-{h}",)) for h in ("h1", "h2", "h3"))
 L4 = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "ipv6-icmp"}
@@ -47,6 +47,7 @@ def nft_allows(tables: dict[str, NftObjects], state: CompiledState, src: End, ds
 def check(guests: list[Guest] | tuple[Guest, ...], policies: list[Policy], hosts: tuple[Host, ...] = HOSTS) -> int:
     state = compile_state(Inventory(hosts, tuple(guests)), policies)
     tables = {h: render_plan(plan) for h, plan in state.hosts.items()}
+    POLICY_REACHED.clear()
     checked = 0
     for src, dst, proto, port in flows(endpoints(list(guests), state)):
         want = decide(policies, src.endpoint, dst.endpoint, proto, port)
@@ -59,6 +60,8 @@ def check(guests: list[Guest] | tuple[Guest, ...], policies: list[Policy], hosts
                 f"{dst.host}) {proto}/{port}: decide says {want.allowed} ({want.explain()}), the nft tables {got}; "
                 f"the plans say {plans}")
         checked += 1
+    # the base chains' `policy drop` (a flushed table fails closed) never decides a packet otherwise
+    assert not POLICY_REACHED, f"packets fell through to a base chain's policy: {dict(POLICY_REACHED)}"
     return checked
 
 

@@ -16,7 +16,7 @@ guestward owns two tables per host and nothing else:
     guest get the same ingress chain. Identity chains reference one set per selector.
 """
 
-from guestward.dataplane.diff import diff_objects
+from guestward.dataplane.diff import diff_objects, replace_tables
 from guestward.dataplane.objects import NftChain, NftObjects, NftSet
 from guestward.dataplane.render import Settings, render_delta, render_plan
 
@@ -28,4 +28,5 @@ __all__ = [
     "diff_objects",
     "render_delta",
     "render_plan",
+    "replace_tables",
 ]

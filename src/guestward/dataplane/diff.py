@@ -39,8 +39,8 @@ def diff_objects(old: NftObjects, new: NftObjects, *, create_tables: bool = Fals
         if key not in old.sets:
             cmds.append({"add": {"map" if s.map_to else "set": s.spec(t)}})
     for key, c in new.chains.items():
-        if key not in old.chains:
-            cmds.append({"add": {"chain": c.spec(t)}})
+        if key not in old.chains or (c.hook and old.chains[key].policy != c.policy):
+            cmds.append({"add": {"chain": c.spec(t)}})  # `add` of an existing base chain sets its policy
     for key, c in new.chains.items():
         if key in old.chains and old.chains[key].rules != c.rules:
             cmds.append({"flush": {"chain": {"family": c.family, "table": t, "name": c.name}}})
@@ -72,3 +72,14 @@ def diff_objects(old: NftObjects, new: NftObjects, *, create_tables: bool = Fals
         if key not in new.sets:
             cmds.append({"delete": {"map" if s.map_to else "set": {"family": s.family, "table": t, "name": s.name}}})
     return cmds
+
+
+def replace_tables(new: NftObjects) -> list[dict[str, Any]]:
+    """Commands that rebuild guestward's tables as `new`, whatever they hold now, in one transaction:
+    each table is added (so it exists), deleted, and built again from nothing. No read-back is needed
+    and no other table is touched; the kernel switches from the old to the new table atomically."""
+    t = new.table
+    cmds: list[dict[str, Any]] = []
+    for f in new.families:
+        cmds += [{"add": {"table": {"family": f, "name": t}}}, {"delete": {"table": {"family": f, "name": t}}}]
+    return cmds + diff_objects(NftObjects(table=t, families=new.families), new, create_tables=True)

@@ -50,11 +50,12 @@ class NftChain:
     rules: tuple[NftRule, ...]
     hook: str | None = None
     priority: int = 0
+    policy: str = "accept"  # of a base chain: what happens when no rule decides
 
     def spec(self, table: str) -> dict[str, Any]:
         out: dict[str, Any] = {"family": self.family, "table": table, "name": self.name}
         if self.hook:
-            out.update({"type": "filter", "hook": self.hook, "prio": self.priority, "policy": "accept"})
+            out.update({"type": "filter", "hook": self.hook, "prio": self.priority, "policy": self.policy})
         return out
 
 

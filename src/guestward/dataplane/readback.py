@@ -56,5 +56,6 @@ def parse_tables(documents: list[dict[str, Any]], table: str = "guestward") -> N
                     NftRule(tuple(body.get("expr", [])), body.get("comment", "")))
     for key, body in chains.items():
         out.add_chain(NftChain(body["family"], body["name"], tuple(rules.get(key, [])),
-                               hook=body.get("hook"), priority=int(body.get("prio", 0))))
+                               hook=body.get("hook"), priority=int(body.get("prio", 0)),
+                               policy=str(body.get("policy", "accept"))))
     return out

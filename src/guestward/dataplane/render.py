@@ -104,7 +104,7 @@ def skeleton(settings: Settings) -> NftObjects:
     o.add_chain(NftChain(BR, "prerouting", (
         _rule("dispatch: vNIC -> src-guard, uplink -> accept", {"vmap": {"key": iif, "data": "@ports-in"}}),
         _rule("unknown port: fail closed", COUNTER, {"drop": None}),
-    ), hook="prerouting", priority=-300))
+    ), hook="prerouting", priority=-300, policy="drop"))
     o.add_chain(NftChain(BR, "src-guard", (
         _rule("spoof: MAC not bound to this vNIC", _m(_concat(iif, esrc), "@macs", "!="), COUNTER, {"drop": None}),
         _rule("arp: sender bound to this vNIC", _m(etype, "arp"),
@@ -122,7 +122,7 @@ def skeleton(settings: Settings) -> NftObjects:
     o.add_chain(NftChain(BR, "forward", (
         _rule("dispatch: vNIC -> dst-guard, uplink -> accept", {"vmap": {"key": oif, "data": "@ports-out"}}),
         _rule("unknown port: fail closed", COUNTER, {"drop": None}),
-    ), hook="forward", priority=-200))
+    ), hook="forward", priority=-200, policy="drop"))
     o.add_chain(NftChain(BR, "dst-guard", (
         _rule("arp to a vNIC", _m(etype, "arp"), {"accept": None}),
         _rule("ipv4 to an address of this vNIC", _m(etype, "ip"),
@@ -152,7 +152,10 @@ def skeleton(settings: Settings) -> NftObjects:
             _rule(f"{hook}: to ingress", {"goto": {"target": "ingress"}}),
         )
 
-    o.add_chain(NftChain(INET, "forward", egress_dispatch("forward"), hook="forward", priority=0))
+    # Every path through these chains ends in an explicit verdict, so a base chain's policy only acts
+    # when someone flushed the rules: then the bridge and the forward path fail closed. input and
+    # output keep `accept`: a flushed table must not cut the host's own management traffic.
+    o.add_chain(NftChain(INET, "forward", egress_dispatch("forward"), hook="forward", priority=0, policy="drop"))
     o.add_chain(NftChain(INET, "input", egress_dispatch("input"), hook="input", priority=0))
     # The host's own packets (and everything it routes, in forward) to a local guest's address get the
     # receiver's ingress policy too: the address, not the bridge port, names the receiver here.

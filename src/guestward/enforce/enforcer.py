@@ -3,14 +3,18 @@
 Contracts:
 - guestward owns `table bridge guestward` and `table inet guestward` and never touches anything else;
 - every change is one `nft -j -f -` transaction: it applies whole or not at all;
-- `sync` is idempotent: when the kernel already holds the desired state it runs no transaction.
+- `sync` is idempotent: when the kernel already holds the desired state it runs no transaction;
+- the pids of the `nft` processes that committed our transactions are remembered (`committed_by_us`),
+  so that a watcher of nft's notifications can tell this process's changes from anyone else's.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +31,21 @@ BRIDGE_NF_SYSCTLS = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf
 
 class EnforceError(RuntimeError):
     pass
+
+
+_OUR_PIDS: collections.deque[int] = collections.deque(maxlen=1024)  # process-wide: pids are too
+_OUR_PIDS_LOCK = threading.Lock()
+
+
+def committed_by_us(pid: int) -> bool:
+    """Whether `pid` is an nft process this process started to apply a transaction (recent ones)."""
+    with _OUR_PIDS_LOCK:
+        return pid in _OUR_PIDS
+
+
+def payload(commands: list[dict[str, Any]]) -> str:
+    """nft JSON commands as the document `nft -j -f -` reads."""
+    return json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})
 
 
 @dataclass(frozen=True)
@@ -47,11 +66,18 @@ class NftRunner:
         return subprocess.run(self.command(*argv), capture_output=True, text=True, check=False)
 
     def run_json(self, commands: list[dict[str, Any]]) -> None:
-        payload = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})
-        proc = subprocess.run(self._argv("-j", "-f", "-"), input=payload, capture_output=True, text=True,
-                              check=False)
+        self.run_payload(payload(commands))
+
+    def run_payload(self, text: str) -> None:
+        """Apply one nft JSON document (see `payload`) as one transaction."""
+        # The pid is known before nft can commit: it is registered while nft still reads its input.
+        proc = subprocess.Popen(self._argv("-j", "-f", "-"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        with _OUR_PIDS_LOCK:
+            _OUR_PIDS.append(proc.pid)
+        _, stderr = proc.communicate(text)
         if proc.returncode != 0:
-            raise EnforceError(f"nft transaction failed: {proc.stderr.strip()[:2000]}")
+            raise EnforceError(f"nft transaction failed: {stderr.strip()[:2000]}")
 
     def list_table(self, family: str) -> dict[str, Any] | None:
         proc = subprocess.run(self._argv("-j", "list", "table", family, TABLE), capture_output=True,

@@ -6,10 +6,13 @@ cannot leave a wrong state behind. One worker does all the work, so changes for 
 serialised; a failed sync is retried with backoff (0.2 s doubling to 5 s), and a full resync runs
 every `resync_interval` seconds whatever happens.
 
-Drift: each host's `nft monitor` is watched; a change to a guestward table by anyone is followed by a
-repair from the stored snapshot (within milliseconds of the change when it was not ours; a check
-every `drift_interval` seconds backs the monitor up). A repair that had to change something is
-recorded as a `drift` event naming the process that made the change when nft says so.
+Drift: each host's `nft monitor` is watched. A transaction that changed a guestward table and was not
+committed by this process is repaired at once, in the monitor's thread, by the host's DriftGuard
+(reconcile/drift.py: the last enforced tables, cached as one atomic replacement), when that is safe;
+the worker then repairs from the stored snapshot anyway (a full compile and diff: the verification,
+and the repair whenever the guard declined). A check every `drift_interval` seconds backs the monitor
+up. Every repair is recorded as a `drift` event: who (pid and process name from nft's generation
+line), what changed (the monitor's lines, counted by kind), and how long detection and repair took.
 
 Restarting the agent never flushes anything: it starts with a sync, which only diffs.
 """
@@ -18,20 +21,20 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import re
 import signal
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 
+from guestward.dataplane.monitor import Change, MonitorParser
 from guestward.enforce import NftRunner
 from guestward.hypervisor.events import EventSource
 from guestward.reconcile.controller import Controller
+from guestward.reconcile.drift import OURS, DriftGuard, Outcome
 from guestward.store.config import Config
 
 log = logging.getLogger(__name__)
-GENERATION = re.compile(r"# new generation \d+ by process (\d+) \((.*)\)")
 
 
 _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: no dlopen in a forked child
@@ -42,11 +45,21 @@ def _die_with_parent() -> None:
     _LIBC.prctl(1, signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class Drift:
+    """A reason to repair one host: who changed it, the change when the monitor saw it, and what the
+    host's DriftGuard did about it."""
+
+    who: str
+    change: Change | None = None
+    outcome: Outcome | None = None
+
+
 @dataclass
 class _Pending:
     first_at: float | None = None
     reasons: list[str] = field(default_factory=list)
-    drift: dict[str, str] = field(default_factory=dict)  # host -> who changed it
+    drift: dict[str, Drift] = field(default_factory=dict)  # host -> the latest reason
 
 
 class Agent:
@@ -60,6 +73,8 @@ class Agent:
         self._pending = _Pending()
         self._stop = threading.Event()
         self._monitors: dict[str, subprocess.Popen[str]] = {}
+        self._guards = {h: DriftGuard(NftRunner(config.host(h).netns), config.state_dir)
+                        for h in self.controller.local_hosts}
 
     # -- inputs ----------------------------------------------------------------------------------
 
@@ -71,28 +86,38 @@ class Agent:
                 self._pending.reasons.append(f"{host}:{uuid or '-'}:{what}")
             self._cond.notify()
 
-    def on_drift(self, host: str, who: str) -> None:
+    def on_drift(self, host: str, drift: Drift) -> None:
         with self._cond:
-            self._pending.drift[host] = who
+            earlier = self._pending.drift.get(host)
+            if earlier is None or earlier.change is None or drift.change is not None:
+                self._pending.drift[host] = drift
+            else:  # a periodic check does not hide a change the monitor saw
+                self._pending.drift[host] = earlier
             self._cond.notify()
 
+    def on_change(self, host: str, change: Change) -> None:
+        """A transaction changed our tables on `host`: repair now if it was not ours (monitor thread)."""
+        outcome = self._guards[host].on_change(change)
+        if outcome is not OURS:
+            self.on_drift(host, Drift(change.who, change, outcome))
+
     def _watch_nft(self, host: str) -> None:
-        """Follow `nft monitor` in the host's namespace; restart it if it dies."""
+        """Follow `nft monitor` in the host's namespace; restart it if it dies (and check the host then:
+        changes made while no monitor ran were not seen)."""
         argv = NftRunner(self.config.host(host).netns).command("nft", "monitor")
         while not self._stop.is_set():
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                     preexec_fn=_die_with_parent)
             self._monitors[host] = proc
-            touched = False
+            parser = MonitorParser()
             assert proc.stdout is not None
             for line in proc.stdout:
-                if " guestward" in line or line.startswith("flush ruleset"):
-                    touched = True
-                m = GENERATION.match(line)
-                if m and touched:
-                    touched = False
-                    self.on_drift(host, f"pid {m.group(1)} ({m.group(2)})")
+                change = parser.feed(line, time.monotonic())
+                if change is not None:
+                    self.on_change(host, change)
             proc.wait()
+            if not self._stop.is_set():
+                self.on_drift(host, Drift("unknown (nft monitor restarted)"))
             self._stop.wait(0.5)
 
     # -- the worker ------------------------------------------------------------------------------
@@ -125,12 +150,12 @@ class Agent:
                 now = time.monotonic()
                 if now >= next_drift_check:
                     for h in self.controller.local_hosts:
-                        pending.drift.setdefault(h, "unknown (periodic check)")
+                        pending.drift.setdefault(h, Drift("unknown (periodic check)"))
                     next_drift_check = now + self.drift_interval
                 if now >= next_resync and pending.first_at is None:
                     pending.first_at, pending.reasons = now, ["periodic resync"]
-                for host, who in pending.drift.items():
-                    self._repair(host, who)
+                for host, drift in pending.drift.items():
+                    self._repair(host, drift)
                 if pending.first_at is not None and time.monotonic() >= retry_at:
                     try:
                         self._reconcile(pending)
@@ -156,13 +181,20 @@ class Agent:
         commands = self.controller.sync()  # also cuts the connections of newly quarantined guests
         assert pending.first_at is not None
         ms = round((time.monotonic() - pending.first_at) * 1000, 1)
+        self._arm_guards()
         changed = {h: n for h, n in commands.items() if n}
         if changed or pending.reasons != ["periodic resync"]:
             self._record("reconcile", "agent", reasons=pending.reasons[:20], commands=commands, ms=ms,
                          unreachable=self.controller.unreachable, conflicts=self.controller.conflicts)
         log.info("reconciled in %.1f ms: %s (%s)", ms, commands, ", ".join(pending.reasons[:5]))
 
-    def _repair(self, host: str, who: str) -> None:
+    def _arm_guards(self) -> None:
+        for host, (plan, generation) in self.controller.enforced.items():
+            if host in self._guards:
+                self._guards[host].arm(plan, generation)
+
+    def _repair(self, host: str, drift: Drift) -> None:
+        """The full repair from the stored snapshot (after a fast one: its verification), recorded."""
         start = time.monotonic()
         if not self.controller.store.seeded:
             return  # nothing trustworthy to restore yet: the first sync comes first
@@ -172,10 +204,29 @@ class Agent:
             log.warning("%s: drift repair failed: %s", host, exc)
             self._record("drift-error", host, error=str(exc))
             return
-        if n:
-            ms = round((time.monotonic() - start) * 1000, 1)
-            log.warning("%s: guestward's tables were changed by %s; restored (%d commands, %.1f ms)", host, who, n, ms)
-            self._record("drift", host, by=who, commands=n, ms=ms)
+        finally:
+            self._arm_guards()
+        done = time.monotonic()
+        fast = drift.outcome is not None and drift.outcome.repaired
+        if not (fast or n):
+            return
+        detail: dict[str, object] = {"by": drift.who, "path": "fast" if fast else "full", "commands": n,
+                                     "ms": round((done - start) * 1000, 1)}
+        change = drift.change
+        if change is not None:
+            restored = drift.outcome.restored_at if fast and drift.outcome else done
+            assert restored is not None
+            detail.update(pid=change.pid, process=change.process, generation=change.generation,
+                          changed=change.summary(), lines=list(change.lines),
+                          detect_ms=round((change.committed_seen - change.first_seen) * 1000, 1),
+                          repair_ms=round((restored - change.committed_seen) * 1000, 1),
+                          exposure_ms=round((restored - change.first_seen) * 1000, 1))
+        if drift.outcome is not None and not fast:
+            detail["fast_declined"] = drift.outcome.reason
+        if fast:
+            detail["followup_commands"] = n  # 0: the cached tables were exactly the snapshot's
+        log.warning("%s: guestward's tables were changed by %s; restored (%s)", host, drift.who, detail)
+        self._record("drift", host, **detail)
 
     def _record(self, kind: str, subject: str, **detail: object) -> None:
         """Best effort: a busy or full store must not stop the agent."""

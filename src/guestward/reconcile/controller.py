@@ -11,6 +11,9 @@ or arrives while no agent runs. libvirt is never called while the lock is held: 
 waiting on a hook that waits on the lock. So the inventory is read first, and a guest the hook
 rewrote in the snapshot meanwhile keeps the hook's version (it is newer than what was read).
 
+`enforced` remembers, per host, the plan this process last made the host hold and the generation
+of the enforcement-lock hold it did that under (what fast drift repair restores, reconcile/drift.py).
+
 A host whose libvirtd does not answer keeps its guests as the snapshot last saw them, so one
 unreachable host does not stop enforcement on the others.
 """
@@ -23,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from guestward.compile import CompiledState, compile_state
+from guestward.compile import CompiledState, HostPlan, compile_state
 from guestward.enforce import Enforcer, NftRunner
 from guestward.hypervisor import domains
 from guestward.hypervisor.errors import HypervisorError
@@ -70,6 +73,7 @@ class Controller:
         self.unreachable: list[str] = []
         self.conflicts: list[str] = []
         self.duplicates: list[str] = []
+        self.enforced: dict[str, tuple[HostPlan, int]] = {}
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -122,7 +126,7 @@ class Controller:
         nft commands each host needed (0: it already held the right state)."""
         read_at = self.store.tick()
         read = self.inventory(starting)
-        with enforcement_lock(self.config.state_dir):
+        with enforcement_lock(self.config.state_dir) as generation:
             inventory = self._newer_from_hook(read, read_at)
             state = compile_state(inventory, self.policies())
             self.conflicts = [str(c) for c in state.conflicts] + self.duplicates
@@ -133,7 +137,7 @@ class Controller:
             # The snapshot is what is desired, stored before enforcing: if a host fails, drift repair
             # and the hook work towards the new state, never back to the old one.
             self.store.put_guests(list(inventory.guests), read_at)
-            commands = {h: self.enforcer(h).sync(plan).commands for h, plan in state.hosts.items()
+            commands = {h: self._enforce(h, plan, generation) for h, plan in state.hosts.items()
                         if h in self.local_hosts}
             self._cut_pending(inventory)
             return commands
@@ -164,8 +168,14 @@ class Controller:
     def enforce_snapshot(self, host: str) -> int:
         """Make `host`'s tables hold the plan of the stored snapshot again (no libvirt call): the
         repair after someone changed or flushed them. Returns the number of nft commands needed."""
-        with enforcement_lock(self.config.state_dir):
-            return self.enforcer(host).sync(snapshot_plan(self.config, self.store, self.store.guests(), host)).commands
+        with enforcement_lock(self.config.state_dir) as generation:
+            return self._enforce(host, snapshot_plan(self.config, self.store, self.store.guests(), host), generation)
+
+    def _enforce(self, host: str, plan: HostPlan, generation: int) -> int:
+        self.enforced.pop(host, None)  # a failed sync leaves the host in no state we know
+        commands = self.enforcer(host).sync(plan).commands
+        self.enforced[host] = (plan, generation)
+        return commands
 
     def set_label(self, guest: str, key: str, value: str | None, reason: str | None = None) -> dict[str, int]:
         """Set or remove a label on every definition of `guest` (any host), then enforce.
@@ -188,10 +198,11 @@ class Controller:
         new = parse_policies(sources)  # raises PolicyError: nothing changed
         read_at = self.store.tick()
         read = self.inventory(starting)
-        with enforcement_lock(self.config.state_dir):
-            return self._apply(new, self._newer_from_hook(read, read_at), read_at, replace_all=replace_all)
+        with enforcement_lock(self.config.state_dir) as generation:
+            return self._apply(new, self._newer_from_hook(read, read_at), read_at, generation, replace_all=replace_all)
 
-    def _apply(self, new: list[Policy], inventory: Inventory, read_at: int, *, replace_all: bool) -> ApplyReport:
+    def _apply(self, new: list[Policy], inventory: Inventory, read_at: int, generation: int, *,
+               replace_all: bool) -> ApplyReport:
         current = {p.name: p for p in self.policies()} if not replace_all else {}
         merged = {**current, **{p.name: p for p in new}}
         policies = list(merged.values())
@@ -203,12 +214,12 @@ class Controller:
             for host, plan in desired.hosts.items():
                 if host not in self.local_hosts:
                     continue
-                commands[host] = self.enforcer(host).sync(plan).commands
+                commands[host] = self._enforce(host, plan, generation)
                 done.append(host)
         except Exception:
             for host in done:
                 try:
-                    self.enforcer(host).sync(previous.hosts[host])
+                    self._enforce(host, previous.hosts[host], generation)
                 except Exception as exc:  # keep rolling back the others
                     log.error("rollback on %s failed: %s", host, exc)
             raise

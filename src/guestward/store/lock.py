@@ -2,7 +2,11 @@
 
 Each of them reads the inventory snapshot, compiles and enforces; two at once could enforce a plan
 built from a snapshot the other has just changed. `flock` is released by the kernel when its holder
-dies, so a killed agent never leaves the hook waiting."""
+dies, so a killed agent never leaves the hook waiting.
+
+Every hold bumps a counter kept in the lock file (its generation): a process that remembers the
+generation of its own last hold can tell, on its next one, whether anyone else held the lock in
+between, i.e. whether anyone may have changed enforcement legitimately (drift repair relies on it)."""
 
 from __future__ import annotations
 
@@ -19,8 +23,9 @@ class LockTimeout(RuntimeError):
 
 
 @contextmanager
-def enforcement_lock(state_dir: Path, timeout: float | None = None) -> Iterator[None]:
-    """Hold the lock for the block; wait at most `timeout` seconds for it (None: as long as it takes)."""
+def enforcement_lock(state_dir: Path, timeout: float | None = None) -> Iterator[int]:
+    """Hold the lock for the block; wait at most `timeout` seconds for it (None: as long as it takes;
+    0: do not wait). Yields the generation of this hold: the previous one's plus one."""
     state_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(state_dir / "enforce.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -36,6 +41,14 @@ def enforcement_lock(state_dir: Path, timeout: float | None = None) -> Iterator[
                     if time.monotonic() > deadline:
                         raise LockTimeout(f"enforcement lock busy for {timeout:.0f} s") from None
                     time.sleep(0.01)
-        yield
+        yield _bump(fd)
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _bump(fd: int) -> int:
+    raw = os.pread(fd, 32, 0).strip()
+    generation = (int(raw) if raw.isdigit() else 0) + 1
+    text = str(generation).encode()
+    os.pwrite(fd, text.ljust(20), 0)  # fixed width: the file never holds a stale tail
+    return generation
