@@ -49,8 +49,9 @@ class Watch:
 
     @staticmethod
     def start(lab: Lab, src: str, tag: str, proto: str, address: str, port: int, seconds: int = 300,
-              interval: int = 200) -> Watch:
-        cmd = (f"gw-net watch {proto} {address} {port} {seconds} {interval} >/tmp/{tag}.w 2>&1 & "
+              interval: int = 200, timeout: int | None = None) -> Watch:
+        wait = f" {timeout}" if timeout is not None else ""
+        cmd = (f"gw-net watch {proto} {address} {port} {seconds} {interval}{wait} >/tmp/{tag}.w 2>&1 & "
                f"echo $! >/tmp/{tag}.pid")
         assert lab.exec(src, [cmd]).status == 0
         return Watch(lab, src, tag)

@@ -7,8 +7,9 @@
  *   gw-net stream HOST PORT SECONDS [v]   tcp: send a numbered line every 50 ms and check each echo;
  *                                         prints the longest gap between echoes in ms (exit 1 on error);
  *                                         with "v" also a line "e" per echo as it comes (flushed)
- *   gw-net watch tcp|udp HOST PORT SECONDS MS   probe every MS ms for SECONDS; prints
- *                                         "T allowed|blocked" per probe, T = ms since the start
+ *   gw-net watch tcp|udp HOST PORT SECONDS MS [TIMEOUT]   probe every MS ms for SECONDS; prints
+ *                                         "T allowed|blocked" per probe, T = ms since the start; a
+ *                                         probe waits TIMEOUT ms (default: MS, at least 300)
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -149,13 +150,13 @@ blocked:
     return 1;
 }
 
-static int watch(const char *proto, const char *host, int port, int seconds, long interval) {
+static int watch(const char *proto, const char *host, int port, int seconds, long interval, long timeout) {
     long start = now_ms();
     setvbuf(stdout, NULL, _IOLBF, 0);
     while (now_ms() - start < seconds * 1000L) {
         long t = now_ms();
         printf("%ld ", t - start);
-        if (probe(proto, host, port, interval > 300 ? interval : 300) == 2) return 2;
+        if (probe(proto, host, port, timeout > 0 ? timeout : (interval > 300 ? interval : 300)) == 2) return 2;
         long left = t + interval - now_ms();
         if (left > 0) usleep(left * 1000);
     }
@@ -202,8 +203,8 @@ int main(int argc, char **argv) {
     if (argc >= 5 && !strcmp(argv[1], "stream"))
         return stream(argv[2], atoi(argv[3]), atoi(argv[4]), argc >= 6 && !strcmp(argv[5], "v"));
     if (argc >= 7 && !strcmp(argv[1], "watch"))
-        return watch(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atol(argv[6]));
+        return watch(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atol(argv[6]), argc >= 8 ? atol(argv[7]) : 0);
     fprintf(stderr, "usage: gw-net serve SPEC... | probe tcp|udp HOST PORT [MS] | stream HOST PORT SECONDS [v]"
-                    " | watch tcp|udp HOST PORT SECONDS MS\n");
+                    " | watch tcp|udp HOST PORT SECONDS MS [TIMEOUT]\n");
     return 2;
 }
