@@ -61,3 +61,29 @@ def test_a_base_chain_policy_drop_is_reported_and_garbage_ignored() -> None:
         "not seen by guestward's tables")
     assert packet_fields('iif "a" oif "b" ip saddr 1.2.3.4 tcp flags == syn') == {
         "iif": "a", "oif": "b", "ip saddr": "1.2.3.4", "tcp flags": "syn"}
+
+
+def test_a_flow_gets_its_first_packet_on_the_ports_of_its_ends() -> None:
+    from guestward.dataplane.trace import flow_trace, of_flow
+
+    all_traces = list(traces().values())
+    web_db = of_flow(all_traces, "10.0.0.1", "10.0.0.2", "tcp", 5432)
+    assert [t.id for t in web_db] == ["e4b9e1d8"]
+    assert [t.id for t in of_flow(all_traces, None, "10.0.0.2", "icmp", None)] == ["5704185a"]
+    assert of_flow(all_traces, "10.0.0.1", "10.0.0.2", "tcp", 80) == []
+    same_host = flow_trace({"h": web_db}, ("h", "gwt-g1"), ("h", "gwt-g2"))
+    assert [h.role for h in same_host.hops] == ["source and destination"]
+    assert same_host.verdict == "allowed" and same_host.agrees(True, "application/shop/web-to-db")
+    assert not same_host.agrees(False, "application/shop/web-to-db")
+    assert not same_host.agrees(True, "default deny")
+    # the same packet seen on two hosts: the source's egress, the destination's ingress
+    two = flow_trace({"a": web_db, "b": web_db}, ("a", "gwt-g1"), ("b", "gwt-g2"))
+    assert [h.role for h in two.hops] == ["source", "destination"]
+    assert two.hops[0].lines() == ["a (source): passed: egress rule application/shop/web-to-db -> goto ingress; "
+                                   "ingress rule application/shop/web-to-db -> accept"]
+    # a flooded copy sent to another port is not the flow's hop there
+    flood = of_flow(all_traces, "10.0.0.2", "10.0.0.99", "tcp", 443)
+    assert flow_trace({"h": flood}, None, ("h", "gwt-g3")).hops[0].trace.id == "98f5fe0e"
+    blocked = flow_trace({"h": of_flow(all_traces, "10.0.0.2", "10.0.0.1", "tcp", 80)}, ("h", "gwt-g2"), None)
+    assert (blocked.verdict, blocked.decided_by) == ("blocked", "default deny")
+    assert flow_trace({}, ("h", "x"), None).verdict == "unseen"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from contextlib import ExitStack
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +16,12 @@ from rich.table import Table
 
 from guestward.compile import Decision, Endpoint, compile_state, decide
 from guestward.compile.evaluate import IPAddress
+from guestward.dataplane.trace import FlowTrace, flow_trace, of_flow, parse_traces
+from guestward.enforce import NftRunner
+from guestward.enforce.enforcer import EnforceError
+from guestward.enforce.trace import TracedFlow, TraceSession
+from guestward.lab.console import ConsoleError
+from guestward.lab.lab import Flow, Lab, LabError
 from guestward.model import QUARANTINE_LABEL, Guest, Inventory, label_key_error
 from guestward.model.labels import label_value_error
 from guestward.policy import PolicyError, PortRange, parse_port
@@ -88,6 +96,61 @@ class FlowJudge:
             if any(c.address == end.address for c in self.state.conflicts):
                 return Decision(False, reason=f"{name}: address {end.address} is claimed twice: no traffic")
         return decide(self.policies, s, d, port.protocol, port.first)
+
+
+def decision_label(d: Decision) -> str:
+    """How the data plane names what decided: a rule's comment, or the chains' closing rule."""
+    return f"{d.tier}/{d.policy}/{d.rule}" if d.rule is not None else "default deny"
+
+
+def trace_report(traced: tuple[FlowTrace, bool | None], allowed: bool, label: str) -> list[str]:
+    ft, probed = traced
+    if ft.verdict == "unseen":
+        return ["trace: no packet of the flow was seen"]
+    agreement = "agrees with" if ft.agrees(allowed, label) else "DISAGREES with"
+    lines = [f"trace: {ft.verdict} by {ft.decided_by} ({agreement} the compiled answer)"]
+    if probed is not None:
+        lines.append(f"  probe: {'echo came back' if probed else 'no echo'}")
+    return lines + [f"  {line}" for h in ft.hops for line in h.lines()]
+
+
+def _end(inventory: Inventory, addr: IPAddress) -> tuple[str, str] | None:
+    """(host, bridge port) of the running guest's vNIC that has `addr`, or None (not a local guest)."""
+    for g in inventory.guests:
+        if g.active and g.host is not None:
+            for nic in g.interfaces:
+                if addr in nic.addresses and nic.port is not None:
+                    return g.host, nic.port
+    return None
+
+
+def trace_flow(ctl: Controller, judge: FlowJudge, src: str, dst: str, port: PortRange,
+               timeout: float) -> tuple[FlowTrace, bool | None]:
+    """Trace one real packet of the flow: in the lab, one the source sends now (with the probe's
+    result); elsewhere, the next one the source sends within `timeout` seconds (no probe: None)."""
+    lab = Lab()
+    if lab.is_up and all(e == "external" or e in {g.name for g in lab.scenario().guests} for e in (src, dst)):
+        return lab.trace([Flow(src, dst, port)])[Flow(src, dst, port)]
+    s, _ = resolve(src, judge.inventory)
+    d, _ = resolve(dst, judge.inventory)
+    ends = (_end(judge.inventory, s.address), _end(judge.inventory, d.address))
+    hosts = sorted({e[0] for e in ends if e is not None} & ctl.local_hosts)
+    if not hosts:
+        raise EnforceError("neither end is a running guest on a host this process enforces")
+    flow = TracedFlow(s.address, d.address, port.protocol, port.first if port.protocol in ("tcp", "udp") else None)
+    with ExitStack() as stack:
+        sessions = {h: stack.enter_context(TraceSession(NftRunner(ctl.config.host(h).netns), [flow])) for h in hosts}
+
+        def seen() -> FlowTrace:
+            per_host = {h: of_flow(parse_traces(x.lines()), str(s.address), str(d.address), flow.protocol, flow.port)
+                        for h, x in sessions.items()}
+            return flow_trace(per_host, *ends)
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(seen().hops) < len(hosts):
+            time.sleep(0.1)
+        time.sleep(0.3)  # its verdicts on the way out
+    return seen(), None
 
 
 def register(app: typer.Typer) -> None:
@@ -192,9 +255,17 @@ def register(app: typer.Typer) -> None:
         src: str, dst: str,
         port: Annotated[str, typer.Argument(metavar="PROTO/PORT", help="tcp/443, udp/53, icmp")],
         as_json: Annotated[bool, typer.Option("--json")] = False,
+        trace: Annotated[bool, typer.Option("--trace", help="also follow one real packet of the flow through "
+                                            "the data plane and say whether it agrees")] = False,
+        timeout: Annotated[float, typer.Option("--timeout", help="--trace outside the lab: seconds to wait "
+                                               "for the flow's next real packet")] = 30.0,
         config: ConfigOpt = None,
     ) -> None:
-        """The verdict for one flow, from compiled policy, and the rule that decided it."""
+        """The verdict for one flow, from compiled policy, and the rule that decided it.
+
+        With --trace, a real packet of the flow is traced on the hosts of both ends (in the lab the
+        source sends one; elsewhere the next one the source sends, within --timeout) and the rules it
+        met are printed after the compiled answer. The exit status stays the compiled verdict's."""
         try:
             p = parse_port(port)
         except ValueError as exc:
@@ -202,17 +273,40 @@ def register(app: typer.Typer) -> None:
         if p.protocol == "any" or p.first != p.last:
             raise fail("explain takes one flow: tcp/PORT, udp/PORT, icmp or icmpv6")
         ctl = controller(config)
-        decision = FlowJudge(ctl).decide(src, dst, p)
+        judge = FlowJudge(ctl)
+        decision = judge.decide(src, dst, p)
         verdict = "allowed" if decision.allowed else "blocked"
+        traced: tuple[FlowTrace, bool | None] | None = None
+        if trace:
+            try:
+                traced = trace_flow(ctl, judge, src, dst, p, timeout)
+            except (EnforceError, LabError, ConsoleError) as exc:
+                raise fail(f"--trace: {exc}") from None
+        label = decision_label(decision)
         if as_json:
-            print(json.dumps({"src": src, "dst": dst, "port": str(p), "verdict": verdict, "tier": decision.tier,
-                              "policy": decision.policy, "rule": decision.rule, "reason": decision.reason}))
+            doc: dict[str, object] = {"src": src, "dst": dst, "port": str(p), "verdict": verdict,
+                                      "tier": decision.tier, "policy": decision.policy, "rule": decision.rule,
+                                      "reason": decision.reason}
+            if traced is not None:
+                ft, probed = traced
+                doc["trace"] = {"verdict": ft.verdict, "decided_by": ft.decided_by,
+                                "agrees": ft.agrees(decision.allowed, label), "probe_echoed": probed,
+                                "hops": [{"host": h.host, "role": h.role, "verdict": h.trace.verdict,
+                                          "decided_by": h.trace.decided_by, "steps": h.trace.lines()}
+                                         for h in ft.hops]}
+            print(json.dumps(doc))
         else:
             print(f"{src} -> {dst} {p}: {verdict}")
             if decision.rule is not None:
                 print(f"  tier: {decision.tier}\n  policy: {decision.policy}\n  rule: {decision.rule}")
             else:
                 print(f"  {decision.reason}")
+            if traced is not None:
+                for line in trace_report(traced, decision.allowed, label):
+                    print(f"  {line}")
+        if traced is not None and traced[0].verdict == "unseen":
+            err.print("[red]error:[/] --trace: no packet of the flow was seen", highlight=False)
+            raise typer.Exit(2)
         raise typer.Exit(0 if decision.allowed else 1)
 
     @app.command()

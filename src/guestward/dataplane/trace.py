@@ -130,3 +130,100 @@ def parse_traces(lines: list[str], table: str = "guestward") -> list[PacketTrace
         if m:
             steps.setdefault(m.group(1), []).append(_step(m))
     return [PacketTrace(i, tuple(s), table) for i, s in steps.items()]
+
+
+def _packet_lines(t: PacketTrace) -> list[dict[str, str]]:
+    return [packet_fields(s.text) for s in t.steps if s.kind == "packet"]
+
+
+def through(t: PacketTrace, *, entered: str | None = None, left: str | None = None) -> bool:
+    """Whether the traced packet came in on bridge port `entered` / was sent to port `left`."""
+    fields = _packet_lines(t)
+    return (entered is not None and any(f.get("iif") == entered for f in fields)) or (
+        left is not None and any(f.get("oif") == left for f in fields))
+
+
+@dataclass(frozen=True)
+class Hop:
+    host: str
+    role: str  # "source", "destination", or "source and destination" (both ends on this host)
+    trace: PacketTrace
+
+    def lines(self) -> list[str]:
+        t = self.trace
+        head = f"{self.host} ({self.role}): {'dropped' if t.verdict == 'drop' else 'passed'}"
+        ends = [f"egress rule {t.egress.label} -> {t.egress.verdict}"] if t.egress else []
+        ends += [f"ingress rule {t.ingress.label} -> {t.ingress.verdict}"] if t.ingress else []
+        if t.dropped_by is not None and t.dropped_by not in (t.egress, t.ingress):
+            ends.append(f"dropped by {t.decided_by}")
+        return [head + (": " + "; ".join(ends) if ends else "")]
+
+
+@dataclass(frozen=True)
+class FlowTrace:
+    """What one real packet of a flow met, host by host (source's host first). Verdict: "blocked" when a
+    hop dropped it, "allowed" when it passed every hop it was seen at, "unseen" when no hop saw it."""
+
+    hops: tuple[Hop, ...]
+
+    @property
+    def verdict(self) -> str:
+        if not self.hops:
+            return "unseen"
+        return "blocked" if any(h.trace.verdict == "drop" for h in self.hops) else "allowed"
+
+    @property
+    def decided_by(self) -> str | None:
+        """The label that decided: the first drop's, else the last policy rule met, else the last rule met."""
+        for h in self.hops:
+            if h.trace.verdict == "drop":
+                return h.trace.decided_by
+        return self.hops[-1].trace.decided_by if self.hops else None
+
+    def agrees(self, allowed: bool, label: str) -> bool:
+        """Whether this trace says what the compiled policy says: the verdict and the deciding label."""
+        return self.verdict == ("allowed" if allowed else "blocked") and self.decided_by == label
+
+
+def flow_trace(per_host: dict[str, list[PacketTrace]], src: tuple[str, str] | None,
+               dst: tuple[str, str] | None) -> FlowTrace:
+    """The hops of one flow from the traces of its packets on each host. `src`/`dst`: (host, bridge
+    port) of a local end, None for an end outside the hosts. A host's hop is its first trace of a packet
+    that came in on the source's port or was sent to the destination's port (flooded copies to other
+    ports, and hosts the flow only crosses, are left out)."""
+    hops: list[Hop] = []
+    for host, role, entered, left in _ends(src, dst):
+        first = next((t for t in per_host.get(host, []) if through(t, entered=entered, left=left)), None)
+        if first is not None:
+            hops.append(Hop(host, role, first))
+    return FlowTrace(tuple(hops))
+
+
+def _ends(src: tuple[str, str] | None, dst: tuple[str, str] | None) -> list[tuple[str, str, str | None, str | None]]:
+    if src and dst and src[0] == dst[0]:
+        return [(src[0], "source and destination", src[1], dst[1])]
+    out: list[tuple[str, str, str | None, str | None]] = []
+    if src:
+        out.append((src[0], "source", src[1], None))
+    if dst:
+        out.append((dst[0], "destination", None, dst[1]))
+    return out
+
+
+def of_flow(traces: list[PacketTrace], src: str | None, dst: str, protocol: str, port: int | None) -> list[PacketTrace]:
+    """The traces whose first packet belongs to the flow (`src` None: from anywhere); addresses as nft
+    prints them."""
+    out = []
+    for t in traces:
+        p = t.packet
+        fam = "ip" if "ip daddr" in p else "ip6"
+        if p.get(f"{fam} daddr") != dst or (src is not None and p.get(f"{fam} saddr") != src):
+            continue
+        proto = p.get("ip protocol") or p.get("ip6 nexthdr") or ""
+        if protocol in ("tcp", "udp"):
+            ok = proto == protocol and p.get(f"{protocol} dport") == str(port)
+        else:
+            ok = p.get(f"{protocol} type") == "echo-request"
+        if ok:
+            out.append(t)
+    return out

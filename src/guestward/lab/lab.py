@@ -16,11 +16,15 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import Any
 
+from guestward.dataplane.trace import FlowTrace, flow_trace, of_flow, parse_traces
+from guestward.enforce import NftRunner
+from guestward.enforce.trace import TracedFlow, TraceSession
 from guestward.hypervisor import domains
 from guestward.lab import assets, console, hosts
 from guestward.lab.domain import command_socket, console_log, domain_xml
@@ -384,6 +388,30 @@ class Lab:
             if again:
                 results.update(self.probe(again, confirm_blocked=False))
         return results
+
+    def traced_flow(self, flow: Flow) -> TracedFlow:
+        port = flow.port.first if flow.port.protocol in ("tcp", "udp") else None
+        return TracedFlow(self.address(flow.src), self.address(flow.dst), flow.port.protocol, port)
+
+    def trace(self, flows: list[Flow]) -> dict[Flow, tuple[FlowTrace, bool]]:
+        """Send one real packet per flow (`probe`, all at once) while every host traces the flows'
+        first packets (enforce/trace.py): per flow, what its packet met on each host it was seen at,
+        and whether the probe got its echo. The trace tables are gone when this returns or raises."""
+        sc = self.scenario()
+        traced = {f: self.traced_flow(f) for f in flows}
+        where = {e: self.where(e) for e in {x for f in flows for x in (f.src, f.dst)} if e != "external"}
+        ends = {e: (h, sc.guest(e).tap) if h is not None else None for e, h in where.items()}
+        with ExitStack() as stack:
+            sessions = {h: stack.enter_context(TraceSession(NftRunner(hosts.netns_name(h)), sorted(
+                set(traced.values()), key=str))) for h in sc.hosts}
+            probed = self.probe(flows, confirm_blocked=False)
+            time.sleep(0.3)  # the last verdicts of the last packets
+        per_host = {h: parse_traces(s.lines()) for h, s in sessions.items()}
+        out: dict[Flow, tuple[FlowTrace, bool]] = {}
+        for f, t in traced.items():
+            mine = {h: of_flow(ts, str(t.src), str(t.dst), t.protocol, t.port) for h, ts in per_host.items()}
+            out[f] = (flow_trace(mine, ends.get(f.src), ends.get(f.dst)), probed[f])
+        return out
 
     # -- status ----------------------------------------------------------------------------------
 
