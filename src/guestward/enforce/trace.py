@@ -1,13 +1,15 @@
 """Follow real packets through one host's tables: a temporary trace table and `nft monitor`.
 
 `TraceSession(runner, flows)` is a context manager. On entry it starts `nft monitor` in the host's
-namespace, then adds its own table `bridge gwtrace<pid>` with a base chain at bridge prerouting -350
-(before guestward's -300) holding one rule per flow that sets `meta nftrace set 1` on the flow's first
-packet (a TCP SYN, an echo request, any UDP datagram); entry returns once the monitor has printed the
-table's creation, so no trace of a packet sent after entry is missed. Packets marked so are reported
-by the kernel at every rule that gives them a verdict, in this and every later hook (br_netfilter
-carries the mark into the inet hooks). `lines()` is what the monitor printed so far. On exit,
-whatever happened, the table is deleted and the monitor stopped: tracing never outlives the session.
+namespace and waits until the monitor listens (it has printed the creation of a marker table, which
+is created and deleted again until it does); then it adds its own table `bridge gwtrace<pid>x<n>`
+with a base chain at bridge prerouting -350 (before guestward's -300) holding one rule per flow that
+sets `meta nftrace set 1` on the flow's first packet (a TCP SYN, an echo request, any UDP datagram).
+So no trace of a packet sent after entry is missed. The kernel reports a marked packet at every rule
+that gives it a verdict, in this and every later hook (br_netfilter carries the mark into the inet
+hooks; a veth into another namespace clears it, so each host traces for itself). `lines()` is what
+the monitor printed so far. On exit, whatever happened, the table is deleted and the monitor
+stopped: tracing never outlives the session.
 
 guestward's own tables are never touched, so the agent's drift repair ignores the session.
 """
@@ -71,9 +73,14 @@ class TraceSession:
         self._reader = threading.Thread(target=self._read, daemon=True, name=f"trace-{self.table}")
         self._reader.start()
         try:
+            deadline = time.monotonic() + self.ready_timeout
+            while not self._ready.is_set():  # a monitor that has only just started is not listening yet
+                if time.monotonic() > deadline:
+                    raise EnforceError(f"nft monitor did not start listening within {self.ready_timeout:.0f} s")
+                marker = f"{self.table}r"
+                self.runner.run("nft", "add", "table", "bridge", marker, ";", "delete", "table", "bridge", marker)
+                self._ready.wait(0.2)
             self._add_table()
-            if not self._ready.wait(self.ready_timeout):
-                raise EnforceError(f"nft monitor showed no sign of {self.table} within {self.ready_timeout:.0f} s")
         except BaseException:
             self.close()
             raise
@@ -93,7 +100,7 @@ class TraceSession:
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
-        marker = f"add table bridge {self.table}"
+        marker = f"add table bridge {self.table}r"
         for line in self._proc.stdout:
             if line.startswith("trace id "):
                 self._lines.append(line.rstrip("\n"))
