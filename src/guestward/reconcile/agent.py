@@ -59,7 +59,7 @@ class Drift:
 class _Pending:
     first_at: float | None = None
     reasons: list[str] = field(default_factory=list)
-    drift: dict[str, Drift] = field(default_factory=dict)  # host -> the latest reason
+    drift: dict[str, list[Drift]] = field(default_factory=dict)  # host -> why to repair it (each is recorded)
 
 
 class Agent:
@@ -88,11 +88,9 @@ class Agent:
 
     def on_drift(self, host: str, drift: Drift) -> None:
         with self._cond:
-            earlier = self._pending.drift.get(host)
-            if earlier is None or earlier.change is None or drift.change is not None:
-                self._pending.drift[host] = drift
-            else:  # a periodic check does not hide a change the monitor saw
-                self._pending.drift[host] = earlier
+            reasons = self._pending.drift.setdefault(host, [])
+            if len(reasons) < 100:
+                reasons.append(drift)
             self._cond.notify()
 
     def on_change(self, host: str, change: Change) -> None:
@@ -150,12 +148,12 @@ class Agent:
                 now = time.monotonic()
                 if now >= next_drift_check:
                     for h in self.controller.local_hosts:
-                        pending.drift.setdefault(h, Drift("unknown (periodic check)"))
+                        pending.drift.setdefault(h, [Drift("unknown (periodic check)")])
                     next_drift_check = now + self.drift_interval
                 if now >= next_resync and pending.first_at is None:
                     pending.first_at, pending.reasons = now, ["periodic resync"]
-                for host, drift in pending.drift.items():
-                    self._repair(host, drift)
+                for host, drifts in pending.drift.items():
+                    self._repair(host, drifts)
                 if pending.first_at is not None and time.monotonic() >= retry_at:
                     try:
                         self._reconcile(pending)
@@ -193,8 +191,9 @@ class Agent:
             if host in self._guards:
                 self._guards[host].arm(plan, generation)
 
-    def _repair(self, host: str, drift: Drift) -> None:
-        """The full repair from the stored snapshot (after a fast one: its verification), recorded."""
+    def _repair(self, host: str, drifts: list[Drift]) -> None:
+        """The full repair from the stored snapshot (after fast ones: their verification), then one
+        `drift` event per change that was repaired (by the guard, or by this repair)."""
         start = time.monotonic()
         if not self.controller.store.seeded:
             return  # nothing trustworthy to restore yet: the first sync comes first
@@ -207,26 +206,30 @@ class Agent:
         finally:
             self._arm_guards()
         done = time.monotonic()
-        fast = drift.outcome is not None and drift.outcome.repaired
-        if not (fast or n):
-            return
-        detail: dict[str, object] = {"by": drift.who, "path": "fast" if fast else "full", "commands": n,
-                                     "ms": round((done - start) * 1000, 1)}
-        change = drift.change
-        if change is not None:
-            restored = drift.outcome.restored_at if fast and drift.outcome else done
-            assert restored is not None
-            detail.update(pid=change.pid, process=change.process, generation=change.generation,
-                          changed=change.summary(), lines=list(change.lines),
-                          detect_ms=round((change.committed_seen - change.first_seen) * 1000, 1),
-                          repair_ms=round((restored - change.committed_seen) * 1000, 1),
-                          exposure_ms=round((restored - change.first_seen) * 1000, 1))
-        if drift.outcome is not None and not fast:
-            detail["fast_declined"] = drift.outcome.reason
-        if fast:
-            detail["followup_commands"] = n  # 0: the cached tables were exactly the snapshot's
-        log.warning("%s: guestward's tables were changed by %s; restored (%s)", host, drift.who, detail)
-        self._record("drift", host, **detail)
+        fast_ones = [d for d in drifts if d.outcome is not None and d.outcome.repaired]
+        declined = [d for d in drifts if d.change is not None and d not in fast_ones]
+        # A declined change that needed nothing was a legitimate one (made under the lock): not drift.
+        records = fast_ones + (declined if n else [])
+        if n and not declined:  # this repair found a difference no change it was told of explains
+            records.append(next((d for d in drifts if d.change is None), Drift("unknown")))
+        for drift in records:
+            fast = drift.outcome is not None and drift.outcome.repaired
+            detail: dict[str, object] = {"by": drift.who, "path": "fast" if fast else "full",
+                                         "ms": round((done - start) * 1000, 1)}
+            change = drift.change
+            if change is not None:
+                restored = drift.outcome.restored_at if fast and drift.outcome else done
+                assert restored is not None
+                detail.update(pid=change.pid, process=change.process, generation=change.generation,
+                              changed=change.summary(), lines=list(change.lines),
+                              detect_ms=round((change.committed_seen - change.first_seen) * 1000, 1),
+                              repair_ms=round((restored - change.committed_seen) * 1000, 1),
+                              exposure_ms=round((restored - change.first_seen) * 1000, 1))
+            if drift.outcome is not None and not fast:
+                detail["fast_declined"] = drift.outcome.reason
+            detail["commands"] = n  # of the full repair; 0 after a fast one: the cache was the snapshot's plan
+            log.warning("%s: guestward's tables were changed by %s; restored (%s)", host, drift.who, detail)
+            self._record("drift", host, **detail)
 
     def _record(self, kind: str, subject: str, **detail: object) -> None:
         """Best effort: a busy or full store must not stop the agent."""
