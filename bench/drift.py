@@ -95,7 +95,7 @@ def run(shape: Shape, attacks: int) -> dict[str, Any]:
         ctl.enforce_snapshot(host.name)
         runner = NftRunner(ns)
         rules = runner.run("nft", "list", "ruleset").stdout.count("comment ")
-        guard = DriftGuard(runner, state)
+        guard = DriftGuard(runner, state, lambda: ctl.enforced[host.name][1])
         guard.arm(*ctl.enforced[host.name])
         mode = {"path": "old"}
 

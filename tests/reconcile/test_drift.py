@@ -7,6 +7,7 @@ lock since it was armed; it leaves our own commits alone; it never raises.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,13 +33,23 @@ def attack(ns: str, *argv: str) -> Change:
     return Change(0, proc.pid, "nft", (" ".join(argv),), ((" ".join(argv), 1),), now, now)
 
 
+ENFORCED: dict[str, int] = {}  # what the controller would say: the generation the host was enforced at
+
+
 def armed_guard(ns: str, state: Path) -> tuple[DriftGuard, Enforcer]:
     enforcer = Enforcer(NftRunner(ns))
-    guard = DriftGuard(NftRunner(ns), state)
+    guard = DriftGuard(NftRunner(ns), state, lambda: ENFORCED.get(ns))
     with enforcement_lock(state) as generation:
         enforcer.sync(PLAN)
+        ENFORCED[ns] = generation
         guard.arm(PLAN, generation)
     return guard, enforcer
+
+
+def hold_lock_in_another_process(state: Path) -> None:
+    code = ("import sys, pathlib\nfrom guestward.store.lock import enforcement_lock\n"
+            "with enforcement_lock(pathlib.Path(sys.argv[1])): pass")
+    subprocess.run([sys.executable, "-c", code, str(state)], check=True)
 
 
 def holds_plan(enforcer: Enforcer) -> bool:
@@ -76,15 +87,29 @@ def test_a_flushed_bridge_table_fails_closed(netns: str, tmp_path: Path) -> None
     assert text.count("policy drop;") == 2 and "vmap" not in text
 
 
-def test_no_repair_when_someone_else_held_the_lock_since(netns: str, tmp_path: Path) -> None:  # noqa: F811
+def test_no_repair_when_another_process_held_the_lock_since(netns: str, tmp_path: Path) -> None:  # noqa: F811
     guard, enforcer = armed_guard(netns, tmp_path)
-    with enforcement_lock(tmp_path):
-        pass  # e.g. `guestward apply` in another process, which changes the tables legitimately
+    hold_lock_in_another_process(tmp_path)  # e.g. `guestward apply`, which changes the tables legitimately
     outcome = guard.on_change(attack(netns, "flush", "table", "inet", "guestward"))
-    assert not outcome.repaired and "changed since" in outcome.reason
+    assert not outcome.repaired and "another process" in outcome.reason
     assert not holds_plan(enforcer), "the guard overwrote what it could not know was wrong"
     assert guard.armed is None
     assert not guard.on_change(attack(netns, "flush", "table", "bridge", "guestward")).repaired
+
+
+def test_our_own_holds_for_other_hosts_do_not_stop_it_but_enforcing_this_host_anew_does(
+        netns: str, tmp_path: Path) -> None:  # noqa: F811
+    guard, enforcer = armed_guard(netns, tmp_path)
+    for _ in range(3):
+        with enforcement_lock(tmp_path):
+            pass  # this process enforcing another host, or a periodic check that changed nothing
+    assert guard.on_change(attack(netns, "flush", "table", "inet", "guestward")).repaired
+    assert holds_plan(enforcer)
+    with enforcement_lock(tmp_path) as generation:
+        ENFORCED[netns] = generation  # this host enforced anew (its guard not yet re-armed)
+    outcome = guard.on_change(attack(netns, "flush", "table", "inet", "guestward"))
+    assert not outcome.repaired and "anew" in outcome.reason
+    assert not holds_plan(enforcer)
 
 
 def test_no_repair_while_the_lock_is_held(netns: str, tmp_path: Path) -> None:  # noqa: F811
@@ -93,7 +118,8 @@ def test_no_repair_while_the_lock_is_held(netns: str, tmp_path: Path) -> None:  
         outcome = guard.on_change(attack(netns, "flush", "table", "inet", "guestward"))
     assert not outcome.repaired and "busy" in outcome.reason
     assert not holds_plan(enforcer)
-    assert not DriftGuard(NftRunner(netns), tmp_path).on_change(attack(netns, "flush", "ruleset")).repaired
+    unarmed = DriftGuard(NftRunner(netns), tmp_path, lambda: None)
+    assert not unarmed.on_change(attack(netns, "flush", "ruleset")).repaired
 
 
 def test_our_own_commits_are_left_alone(netns: str, tmp_path: Path) -> None:  # noqa: F811

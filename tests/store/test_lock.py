@@ -1,12 +1,15 @@
-"""The enforcement lock: every hold has the next generation; `timeout=0` never waits."""
+"""The enforcement lock: every hold has the next generation; `timeout=0` never waits; a process
+knows which generations it held itself."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from guestward.store.lock import LockTimeout, enforcement_lock
+from guestward.store.lock import LockTimeout, enforcement_lock, held_only_by_us
 
 
 def test_every_hold_gets_the_next_generation_whoever_holds_it(tmp_path: Path) -> None:
@@ -24,3 +27,18 @@ def test_a_held_lock_is_refused_at_once_with_timeout_zero(tmp_path: Path) -> Non
         pass
     with enforcement_lock(tmp_path) as after:
         assert after == held + 1  # the refused attempt never held it
+
+
+def test_a_process_knows_which_holds_were_its_own(tmp_path: Path) -> None:
+    with enforcement_lock(tmp_path) as mine:
+        pass
+    code = ("import sys, pathlib\nfrom guestward.store.lock import enforcement_lock\n"
+            "with enforcement_lock(pathlib.Path(sys.argv[1])): pass")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    with enforcement_lock(tmp_path) as after:
+        pass
+    assert after == mine + 2
+    assert held_only_by_us(tmp_path, mine, mine) and held_only_by_us(tmp_path, after, after)
+    assert not held_only_by_us(tmp_path, mine, after)
+    assert held_only_by_us(tmp_path, after + 1, after)  # nothing in between
+    assert not held_only_by_us(tmp_path / "other", mine, mine)  # generations are per lock

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from guestward.dataplane.monitor import Change, MonitorParser
@@ -73,7 +74,7 @@ class Agent:
         self._pending = _Pending()
         self._stop = threading.Event()
         self._monitors: dict[str, subprocess.Popen[str]] = {}
-        self._guards = {h: DriftGuard(NftRunner(config.host(h).netns), config.state_dir)
+        self._guards = {h: DriftGuard(NftRunner(config.host(h).netns), config.state_dir, self._enforced_generation(h))
                         for h in self.controller.local_hosts}
 
     # -- inputs ----------------------------------------------------------------------------------
@@ -185,6 +186,12 @@ class Agent:
             self._record("reconcile", "agent", reasons=pending.reasons[:20], commands=commands, ms=ms,
                          unreachable=self.controller.unreachable, conflicts=self.controller.conflicts)
         log.info("reconciled in %.1f ms: %s (%s)", ms, commands, ", ".join(pending.reasons[:5]))
+
+    def _enforced_generation(self, host: str) -> Callable[[], int | None]:
+        def generation() -> int | None:
+            enforced = self.controller.enforced.get(host)
+            return enforced[1] if enforced is not None else None
+        return generation
 
     def _arm_guards(self) -> None:
         for host, (plan, generation) in self.controller.enforced.items():

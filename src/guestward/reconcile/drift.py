@@ -8,10 +8,12 @@ When is putting back the cached tables right? Only when nobody changed enforceme
 they were cached. Every legitimate writer (the CLI, the agent, the libvirt hook) changes our tables
 while holding the enforcement lock, and every hold bumps the lock's generation. The guard is armed with
 the generation of the hold under which its tables were enforced; it repairs only when it can take the
-lock at once and the lock's generation is exactly one more (its own hold): no one else held the lock
-in between, so the change it saw cannot be a legitimate one. Otherwise (lock busy, generation moved on,
-not armed, the transaction failed) it answers "not repaired" and the caller falls back to the full
-repair from the stored snapshot, which waits for the lock and is always right.
+lock at once, every hold since was this process's own (store/lock.py `held_only_by_us`), and this
+process has not enforced the host since (`enforced_generation()`, the controller's record, still
+names the armed generation). Then the change it saw cannot be a legitimate one. Otherwise (lock busy,
+another process held it, the host was enforced anew, not armed, the transaction failed) it answers
+"not repaired" and the caller falls back to the full repair from the stored snapshot, which waits for
+the lock and is always right.
 
 The guard never repairs a change committed by this process's own nft processes (`committed_by_us`).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from guestward.dataplane import Settings, render_plan, replace_tables
 from guestward.dataplane.monitor import Change
 from guestward.enforce import NftRunner
 from guestward.enforce.enforcer import EnforceError, committed_by_us, payload
-from guestward.store.lock import LockTimeout, enforcement_lock
+from guestward.store.lock import LockTimeout, enforcement_lock, held_only_by_us
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,10 @@ OURS = Outcome(False, "our own commit")
 
 
 class DriftGuard:
-    def __init__(self, runner: NftRunner, state_dir: Path, settings: Settings = Settings()) -> None:
+    def __init__(self, runner: NftRunner, state_dir: Path, enforced_generation: Callable[[], int | None],
+                 settings: Settings = Settings()) -> None:
         self.runner = runner
+        self.enforced_generation = enforced_generation
         self.state_dir = state_dir
         self.settings = settings
         self._armed: Armed | None = None
@@ -78,12 +83,13 @@ class DriftGuard:
                 return Outcome(False, "not armed")
             try:
                 with enforcement_lock(self.state_dir, timeout=0) as generation:
-                    if generation != armed.generation + 1:
+                    if not held_only_by_us(self.state_dir, armed.generation + 1, generation - 1):
                         self._armed = None  # enforcement moved on: only a full repair knows what is right
-                        return Outcome(False, "enforcement changed since the tables were cached")
+                        return Outcome(False, "another process held the enforcement lock since the tables were cached")
+                    if self.enforced_generation() != armed.generation:
+                        return Outcome(False, "the host was enforced anew since the tables were cached")
                     self.runner.run_payload(armed.payload)
                     restored_at = time.monotonic()
-                    self._armed = Armed(armed.payload, generation)
             except LockTimeout:
                 return Outcome(False, "enforcement lock busy (a legitimate change may be under way)")
             except (EnforceError, OSError) as exc:
