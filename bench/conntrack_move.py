@@ -96,6 +96,13 @@ def part2(reps: int) -> list[dict[str, object]]:
     lab = Lab()
     address = str(lab.address("web1"))
     rows = []
+    plain = []
+    for _ in range(reps):  # the baseline: as `virsh migrate` would, nothing carried, nothing added
+        here = lab.where("web1")
+        plain.append(lab.migrate("web1", "hv2" if here == "hv1" else "hv1", carry_connections=False)["downtime"])
+    rows.append({"extra_entries": "plain libvirt", "moved": summary([0]), "downtime_ms": summary(plain),
+                 "libvirt_downtime_ms": summary(plain), "added_ms": summary([0])})
+    time.sleep(1)
     for n in (0, *SIZES):
         samples = []
         for _ in range(reps):
