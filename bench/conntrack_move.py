@@ -16,12 +16,13 @@ Usage: .venv/bin/python bench/conntrack_move.py [--reps N] [--lab]
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import summary, table, timed, write_result
+from common import RESULTS, machine, summary, table, timed, write_result
 from netns import in_ns, sh
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,10 @@ def part2(reps: int) -> list[dict[str, object]]:
             assert here is not None, "web1 must run"
             dest = "hv2" if here == "hv1" else "hv1"
             if n:
-                load(f"gwl-{here}", _lines(n, address, "62"))
+                with tempfile.NamedTemporaryFile("w", suffix=".load") as f:
+                    f.write("\n".join(_lines(n, address, "62")) + "\n")
+                    f.flush()
+                    assert NftRunner(f"gwl-{here}").run("conntrack", "-R", f.name).returncode == 0
             stats = lab.migrate("web1", dest)
             assert stats["conntrack_missing"] == 0, stats
             samples.append(stats)
@@ -127,18 +131,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--lab", action="store_true", help="also migrate web1 in a running lab")
+    ap.add_argument("--lab-only", action="store_true", help="only the lab part (keeps the last netns part)")
     args = ap.parse_args()
-    rows = part1(args.reps)
-    print(table(["entries", "handover ms (median)", "CLI save|restore ms", "ratio", "entries/s", "forget ms"],
-                [(r["entries"], r["handover_ms"]["median"], r["cli_save_restore_ms"]["median"],  # type: ignore[index]
-                  r["ratio_vs_cli"], r["entries_per_s"], r["forget_ms"]["median"]) for r in rows]))  # type: ignore[index]
-    result: dict[str, object] = {"netns": rows}
-    if args.lab:
+    previous = RESULTS / "conntrack_move.json"
+    # A part not run this time keeps its last result (each part records its own machine facts).
+    result: dict[str, object] = json.loads(previous.read_text()) if previous.exists() else {}
+    result.pop("machine", None)
+    if not args.lab_only:
+        rows = part1(args.reps)
+        print(table(["entries", "handover ms (median)", "CLI save|restore ms", "ratio", "entries/s", "forget ms"],
+                    [(r["entries"], r["handover_ms"]["median"], r["cli_save_restore_ms"]["median"],  # type: ignore[index]
+                      r["ratio_vs_cli"], r["entries_per_s"], r["forget_ms"]["median"]) for r in rows]))  # type: ignore[index]
+        result["netns"] = rows
+        result["netns_machine"] = machine()
+    if args.lab or args.lab_only:
         lab_rows = part2(args.reps)
         print(table(["extra entries", "moved", "downtime ms", "libvirt ms", "added ms"],
                     [(r["extra_entries"], r["moved"]["median"], r["downtime_ms"]["median"],  # type: ignore[index]
                       r["libvirt_downtime_ms"]["median"], r["added_ms"]["median"]) for r in lab_rows]))  # type: ignore[index]
         result["lab"] = lab_rows
+        result["lab_machine"] = machine()
     print(write_result("conntrack_move", result))
 
 

@@ -18,9 +18,11 @@ a guest still on the source (the source still forwards that peer's side of the c
 from __future__ import annotations
 
 import re
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from guestward.dataplane.conntrack import Entry, create_script, identity, parse_extended, replace_script
@@ -53,28 +55,25 @@ class Conntrack:
         """Every entry from or to one of `addresses` (each once), and how many were skipped."""
         seen: dict[object, Entry] = {}
         skipped = 0
-        for addr in sorted(set(addresses)):
-            for flag in ("-s", "-d"):
-                proc = self.runner.run("conntrack", "-L", flag, addr, "-o", "extended")
-                if proc.returncode != 0:
-                    raise EnforceError(f"conntrack -L {flag} {addr}: {proc.stderr.strip()[:500]}")
-                found, n = parse_extended(proc.stdout)
-                skipped += n
-                for e in found:
-                    seen.setdefault(identity(e), e)
+        # Each listing walks the whole table: they run side by side.
+        for (flag, addr), proc in _each(self.runner, "-L", addresses, "-o", "extended"):
+            if proc.returncode != 0:
+                raise EnforceError(f"conntrack -L {flag} {addr}: {proc.stderr.strip()[:500]}")
+            found, n = parse_extended(proc.stdout)
+            skipped += n
+            for e in found:
+                seen.setdefault(identity(e), e)
         return list(seen.values()), skipped
 
     def delete(self, addresses: Iterable[str]) -> int:
         """Delete every entry from or to one of `addresses`. Returns how many went."""
         deleted = 0
-        for addr in sorted(set(addresses)):
-            for flag in ("-s", "-d"):
-                proc = self.runner.run("conntrack", "-D", flag, addr)
-                m = re.search(r"(\d+) flow entries have been deleted", proc.stderr)
-                if m:
-                    deleted += int(m.group(1))
-                elif proc.returncode != 0:
-                    raise EnforceError(f"conntrack -D {flag} {addr}: {proc.stderr.strip()[:500]}")
+        for (flag, addr), proc in _each(self.runner, "-D", addresses):
+            m = re.search(r"(\d+) flow entries have been deleted", proc.stderr)
+            if m:
+                deleted += int(m.group(1))
+            elif proc.returncode != 0:
+                raise EnforceError(f"conntrack -D {flag} {addr}: {proc.stderr.strip()[:500]}")
         return deleted
 
     def run_script(self, script: str) -> None:
@@ -97,16 +96,28 @@ class Conntrack:
             raise EnforceError(f"conntrack -C: {proc.stderr.strip()[:200]}") from None
 
 
+def _each(runner: NftRunner, command: str, addresses: Iterable[str], *extra: str,
+          ) -> list[tuple[tuple[str, str], subprocess.CompletedProcess[str]]]:
+    """`conntrack COMMAND -s ADDR` and `-d ADDR` for every address, run concurrently."""
+    jobs = [(flag, addr) for addr in sorted(set(addresses)) for flag in ("-s", "-d")]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(jobs)))) as pool:
+        procs = list(pool.map(lambda job: runner.run("conntrack", command, job[0], job[1], *extra), jobs))
+    return list(zip(jobs, procs, strict=True))
+
+
 def handover(source: Conntrack, destination: Conntrack, addresses: list[str]) -> Handover:
     """Copy the entries of `addresses` from `source` to `destination` (see the module docstring)."""
     report = Handover()
     start = time.monotonic()
-    entries, report.skipped = source.entries(addresses)
-    report.read_ms = round((time.monotonic() - start) * 1000, 1)
-    start = time.monotonic()
     # Whatever the destination holds for these addresses is a transit or picked-up view of the same
-    # flows (all of them ran through the source): the source's entries replace it.
-    destination.delete(addresses)
+    # flows (all of them ran through the source): the source's entries replace it. Reading the
+    # source and clearing the destination do not depend on each other, so they overlap.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        cleared = pool.submit(destination.delete, addresses)
+        entries, report.skipped = source.entries(addresses)
+        report.read_ms = round((time.monotonic() - start) * 1000, 1)
+        cleared.result()
+    start = time.monotonic()
     destination.run_script(create_script(entries))
     missing = _not_landed(destination, addresses, entries)
     if missing:  # a packet raced in between and was tracked: replace those few one by one
