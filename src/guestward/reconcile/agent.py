@@ -91,7 +91,8 @@ class Agent:
             self._record("conntrack-error", host, guest=uuid, error=str(exc))
             return
         if report is not None:
-            log.info("%s: %d conntrack entries of %s copied after its migration", host, report.moved, uuid)
+            log.info("%s: %d conntrack entries of %s copied after its migration", host, report.handover.moved,
+                     report.guest)
 
     def _watch_nft(self, host: str) -> None:
         """Follow `nft monitor` in the host's namespace; restart it if it dies."""

@@ -91,10 +91,8 @@ def live_migrate(config: Config, name: str, source: str, destination: str, *,
     report.added_downtime = stats.get("added_downtime", 0)
     store = Store(config.state_dir / "guestward.db")
     try:
-        staying = {str(a) for g in store.guests() if g.active and g.host == source and g.name != name
-                   for a in g.addresses}
         try:
-            report.forgotten = forget(src_ct, addresses, staying)
+            report.forgotten = _forget_on_source(store, src_ct, source, name, addresses)
         except Exception as exc:
             report.error = (report.error + "; " if report.error else "") + f"source cleanup failed: {exc}"
         _record(store, report)
@@ -103,17 +101,24 @@ def live_migrate(config: Config, name: str, source: str, destination: str, *,
     return report
 
 
-def _record(store: Store, r: MigrationReport) -> None:
+def _forget_on_source(store: Store, source_ct: Conntrack, source: str, name: str, addresses: list[str]) -> int:
+    """The source's half once the guest left: keep the entries whose other end still runs there."""
+    staying = {str(a) for g in store.guests() if g.active and g.host == source and g.name != name
+               for a in g.addresses}
+    return forget(source_ct, addresses, staying)
+
+
+def _record(store: Store, r: MigrationReport, **extra: object) -> None:
     try:
         store.record("conntrack", r.destination, guest=r.guest, source=r.source, moved=r.handover.moved,
                      missing=r.handover.missing, skipped=r.handover.skipped, read_ms=r.handover.read_ms,
                      write_ms=r.handover.write_ms, added_downtime_ms=r.added_downtime,
-                     libvirt_downtime_ms=r.libvirt_downtime, forgotten=r.forgotten, error=r.error)
+                     libvirt_downtime_ms=r.libvirt_downtime, forgotten=r.forgotten, error=r.error, **extra)
     except Exception as exc:  # best effort, like every event record
         log.warning("could not record the conntrack handover: %s", exc)
 
 
-def follow(config: Config, destination: str, uuid: str) -> Handover | None:
+def follow(config: Config, destination: str, uuid: str) -> MigrationReport | None:
     """After a live migration guestward did not run (`virsh migrate`): the guest already runs on
     `destination`, so copy its entries from the host it came from now, as fast as we can. Best
     effort: until the copy lands (about 100 ms) its connections depend on mid-stream pickup, and an
@@ -122,20 +127,15 @@ def follow(config: Config, destination: str, uuid: str) -> Handover | None:
     store = Store(config.state_dir / "guestward.db")
     try:
         guest = next((g for g in store.guests() if g.uuid == uuid), None)
-        if guest is None:
+        source = _came_from(store, guest, destination, {h.name for h in config.hosts}) if guest else None
+        if guest is None or source is None:
             return None
-        source = _came_from(store, guest, destination, {h.name for h in config.hosts})
-        if source is None:
-            return None
-        sources = [source]
         addresses = sorted(str(a) for a in guest.addresses)
-        report = handover(conntrack_of(config, sources[0]), conntrack_of(config, destination), addresses)
-        staying = {str(a) for g in store.guests() if g.active and g.host == sources[0] and g.uuid != uuid
-                   for a in g.addresses}
-        forgotten = forget(conntrack_of(config, sources[0]), addresses, staying)
-        store.record("conntrack", destination, guest=guest.name, source=sources[0], moved=report.moved,
-                     missing=report.missing, skipped=report.skipped, read_ms=report.read_ms,
-                     write_ms=report.write_ms, forgotten=forgotten, after_resume=True)
+        src_ct = conntrack_of(config, source)
+        report = MigrationReport(guest.name, source, destination)
+        report.handover = handover(src_ct, conntrack_of(config, destination), addresses)
+        report.forgotten = _forget_on_source(store, src_ct, source, guest.name, addresses)
+        _record(store, report, after_resume=True)
         return report
     finally:
         store.close()
