@@ -9,6 +9,7 @@
  *                                         SIGTERM ends it early, with the same summary;
  *                                         with "t" a line "e MS" per echo, MS since the start;
  *                                         with "v" also a line "e" per echo as it comes (flushed)
+ *   gw-net flood udp HOST PORT SECONDS     64-byte UDP frames as fast as it can; prints the count
  *   gw-net watch tcp|udp HOST PORT SECONDS MS   probe every MS ms for SECONDS; prints
  *                                         "T allowed|blocked" per probe, T = ms since the start
  */
@@ -203,6 +204,23 @@ static int stream(const char *host, int port, int seconds, int verbose) {
     return 0;
 }
 
+/* UDP datagrams of 18 bytes (64-byte frames) to HOST:PORT as fast as the guest can send, for SECONDS;
+ * prints how many were sent. */
+static int flood(const char *host, int port, int seconds) {
+    struct sockaddr_storage ss; socklen_t len;
+    int fam = parse_addr(host, port, &ss, &len);
+    if (fam < 0) return 2;
+    int s = socket(fam, SOCK_DGRAM, 0);
+    char payload[18] = "gw-net flood.....";
+    long start = now_ms(), sent = 0;
+    while (now_ms() - start < seconds * 1000L) {
+        for (int i = 0; i < 256; i++)
+            if (sendto(s, payload, sizeof payload, 0, (struct sockaddr *)&ss, len) == (ssize_t)sizeof payload) sent++;
+    }
+    printf("flood sent=%ld ms=%ld\n", sent, now_ms() - start);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "serve")) return serve(argc - 2, argv + 2);
     if (argc >= 5 && !strcmp(argv[1], "probe"))
@@ -210,9 +228,11 @@ int main(int argc, char **argv) {
     if (argc >= 5 && !strcmp(argv[1], "stream"))
         return stream(argv[2], atoi(argv[3]), atoi(argv[4]),
                       argc < 6 ? 0 : !strcmp(argv[5], "v") ? 1 : !strcmp(argv[5], "t") ? 2 : 0);
+    if (argc >= 6 && !strcmp(argv[1], "flood") && !strcmp(argv[2], "udp"))
+        return flood(argv[3], atoi(argv[4]), atoi(argv[5]));
     if (argc >= 7 && !strcmp(argv[1], "watch"))
         return watch(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atol(argv[6]));
     fprintf(stderr, "usage: gw-net serve SPEC... | probe tcp|udp HOST PORT [MS] | stream HOST PORT SECONDS [v]"
-                    " | watch tcp|udp HOST PORT SECONDS MS\n");
+                    " | watch tcp|udp HOST PORT SECONDS MS | flood udp HOST PORT SECONDS\n");
     return 2;
 }
