@@ -161,12 +161,14 @@ def _cell(flow: Flow, measured: bool, compiled: bool) -> str:
 
 @app.command()
 def migrate(guest: str, host: str) -> None:
-    """Live-migrate a running guest to HOST; its policy is enforced there before it resumes."""
+    """Live-migrate a running guest to HOST with its open connections; its policy is enforced there
+    before it resumes."""
     try:
         stats = Lab().migrate(guest, host)
     except (LabError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
-    detail = ", ".join(f"{k.replace('_', ' ')} {v} ms" for k, v in stats.items())
+    detail = ", ".join(f"{k.replace('_', ' ')} {v}" + ("" if k.startswith("conntrack") else " ms")
+                       for k, v in stats.items())
     out.print(f"{guest} migrated to {host}" + (f" ({detail})" if detail else ""), highlight=False)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -145,17 +146,80 @@ def inactive_xml(uri: str, name: str) -> str:
     return str(_dom(uri, name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
 
 
-def migrate(src_uri: str, dst_uri: str, name: str, rewrite: Callable[[str], str], migration_uri: str) -> dict[str, int]:
+def migrate(src_uri: str, dst_uri: str, name: str, rewrite: Callable[[str], str], migration_uri: str,
+            switchover: Callable[[], None] | None = None) -> dict[str, int]:
     """Live-migrate `name` (live, persistent on the destination, undefined on the source). `rewrite`
     turns the source's XML into the destination's (host-specific paths); `migration_uri` is where the
-    destination QEMU listens (tcp://ADDRESS). Returns the completed job's statistics (ms)."""
+    destination QEMU listens (tcp://ADDRESS). Returns the completed job's statistics (ms).
+
+    `switchover`: called once the guest has arrived, paused, on the destination, before it runs
+    there: the migration leaves it paused (`VIR_MIGRATE_PAUSED`), this waits for the destination's
+    Finish phase (the guest paused there by libvirt, not for migration any more), calls
+    `switchover`, and resumes the guest, without waiting for the source's Confirm phase, which
+    takes seconds to stop the source QEMU (a normal migration resumes at Finish as well). The
+    statistics then also hold `added_downtime` (ms from arrival to running). If `switchover`
+    raises, the guest is resumed all the same and the error is raised after the migration ends."""
     dom = _dom(src_uri, name)
     dest_xml = rewrite(str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)))
     persist_xml = rewrite(str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_INACTIVE)))
     flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    if switchover is not None:
+        flags |= libvirt.VIR_MIGRATE_PAUSED
     params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: dest_xml, libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: persist_xml,
               libvirt.VIR_MIGRATE_PARAM_URI: migration_uri}
-    new = _call(f"migrate {name}", lambda: dom.migrate3(_conn(dst_uri), params, flags))
+    dst = _conn(dst_uri)
+    if switchover is None:
+        new = _call(f"migrate {name}", lambda: dom.migrate3(dst, params, flags))
+        return _job_stats(new)
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["domain"] = dom.migrate3(dst, params, flags)
+        except libvirt.libvirtError as exc:
+            result["error"] = exc
+
+    worker = threading.Thread(target=run, name=f"migrate-{name}", daemon=True)
+    worker.start()
+    watcher = _conn(dst_uri)  # its own connection: the migration's may be busy
+    added: float | None = None
+    failure: Exception | None = None
+    while added is None:
+        done = not worker.is_alive()
+        if _arrived_paused(watcher, name):
+            arrived = time.monotonic()
+            try:
+                switchover()
+            except Exception as exc:  # resume regardless: see the docstring
+                failure = exc
+            _call(f"resume {name}", lambda: watcher.lookupByName(name).resume())
+            added = (time.monotonic() - arrived) * 1000
+        elif done:
+            break
+        else:
+            time.sleep(0.005)
+    worker.join()
+    if "error" in result:
+        raise HypervisorError(f"migrate {name}: {result['error'].get_error_message()}")  # type: ignore[attr-defined]
+    if added is None:
+        raise HypervisorError(f"migrate {name}: finished without the guest arriving paused on the destination")
+    if failure is not None:
+        raise failure
+    stats = _job_stats(result["domain"])
+    stats["added_downtime"] = round(added)
+    return stats
+
+
+def _arrived_paused(conn: libvirt.virConnect, name: str) -> bool:
+    """The incoming guest is paused by libvirt's Finish (`VIR_MIGRATE_PAUSED`), not for migration."""
+    try:
+        state, reason = conn.lookupByName(name).state()
+    except libvirt.libvirtError:
+        return False  # not there yet
+    return bool(state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_USER)
+
+
+def _job_stats(new: object) -> dict[str, int]:
     assert isinstance(new, libvirt.virDomain)
     try:
         stats = new.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)

@@ -32,6 +32,7 @@ from guestward.lab.scenario import GuestSpec, Scenario, load_scenario
 from guestward.policy import PortRange, parse_port
 from guestward.reconcile import hook
 from guestward.reconcile.controller import Controller, read_sources
+from guestward.reconcile.migration import live_migrate
 from guestward.store.config import LAB_DIR, Config, HostConfig, save_config
 
 log = logging.getLogger(__name__)
@@ -190,8 +191,10 @@ class Lab:
 
     # -- moving guests ---------------------------------------------------------------------------
 
-    def migrate(self, guest: str, dest: str) -> dict[str, int]:
-        """Live-migrate a running guest to host `dest`. Returns libvirt's job statistics (ms)."""
+    def migrate(self, guest: str, dest: str, carry_connections: bool = True) -> dict[str, int]:
+        """Live-migrate a running guest to host `dest`, with its connections (reconcile/migration.py),
+        or with `carry_connections=False` as plain libvirt would (`virsh migrate`). Returns the job's
+        statistics (ms)."""
         sc = self.scenario()
         if dest not in sc.hosts:
             raise LabError(f"unknown host {dest!r}")
@@ -204,7 +207,13 @@ class Lab:
         def rewrite(xml: str) -> str:  # the command socket is per host
             return xml.replace(str(command_socket(self.dir, src, guest)), str(command_socket(self.dir, dest, guest)))
 
-        return domains.migrate(self.uri(src), self.uri(dest), guest, rewrite, f"tcp://{sc.host_address(dest)}")
+        if not carry_connections:
+            return domains.migrate(self.uri(src), self.uri(dest), guest, rewrite, f"tcp://{sc.host_address(dest)}")
+        report = live_migrate(self.config(), guest, src, dest, rewrite=rewrite,
+                              migration_uri=f"tcp://{sc.host_address(dest)}")
+        if report.error:
+            log.warning("migrate %s: %s", guest, report.error)
+        return report.stats()
 
     def clone(self, guest: str, new: str, host: str | None = None) -> GuestSpec:
         """Define and boot a copy of `guest` named `new` (on `host`, default: where `guest` is): new

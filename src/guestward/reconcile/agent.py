@@ -31,11 +31,15 @@ from dataclasses import dataclass, field
 from guestward.dataplane.monitor import Change, MonitorParser
 from guestward.enforce import NftRunner
 from guestward.hypervisor.events import EventSource
+from guestward.reconcile import migration
 from guestward.reconcile.controller import Controller
 from guestward.reconcile.drift import OURS, DriftGuard, Outcome
 from guestward.store.config import Config
 
 log = logging.getLogger(__name__)
+# libvirt's lifecycle event on the destination when a live migration that left the guest running
+# ends (RESUMED/MIGRATED); guestward's own migrations resume the guest themselves (RESUMED/UNPAUSED).
+MIGRATED_HERE = "resumed/1"
 
 
 _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: no dlopen in a forked child
@@ -80,6 +84,8 @@ class Agent:
     # -- inputs ----------------------------------------------------------------------------------
 
     def on_event(self, host: str, uuid: str | None, what: str) -> None:
+        if what == MIGRATED_HERE and uuid is not None and host in self.controller.local_hosts:
+            threading.Thread(target=self._follow_migration, args=(host, uuid), daemon=True).start()
         with self._cond:
             if self._pending.first_at is None:
                 self._pending.first_at = time.monotonic()
@@ -99,6 +105,18 @@ class Agent:
         outcome = self._guards[host].on_change(change)
         if outcome is not OURS:
             self.on_drift(host, Drift(change.who, change, outcome))
+
+    def _follow_migration(self, host: str, uuid: str) -> None:
+        """A guest live-migrated here without guestward (see migration.follow): bring its connections."""
+        try:
+            report = migration.follow(self.config, host, uuid)
+        except Exception as exc:
+            log.warning("%s: conntrack entries of %s not copied after its migration: %s", host, uuid, exc)
+            self._record("conntrack-error", host, guest=uuid, error=str(exc))
+            return
+        if report is not None:
+            log.info("%s: %d conntrack entries of %s copied after its migration", host, report.handover.moved,
+                     report.guest)
 
     def _watch_nft(self, host: str) -> None:
         """Follow `nft monitor` in the host's namespace; restart it if it dies (and check the host then:

@@ -6,7 +6,10 @@
  *                                         prints "allowed" (exit 0) or "blocked" (exit 1)
  *   gw-net stream HOST PORT SECONDS [v]   tcp: send a numbered line every 50 ms and check each echo;
  *                                         prints the longest gap between echoes in ms (exit 1 on error);
+ *                                         SIGTERM ends it early, with the same summary;
+ *                                         with "t" a line "e MS" per echo, MS since the start;
  *                                         with "v" also a line "e" per echo as it comes (flushed)
+ *   gw-net flood udp HOST PORT SECONDS     64-byte UDP frames as fast as it can; prints the count
  *   gw-net watch tcp|udp HOST PORT SECONDS MS [TIMEOUT]   probe every MS ms for SECONDS; prints
  *                                         "T allowed|blocked" per probe, T = ms since the start; a
  *                                         probe waits TIMEOUT ms (default: MS, at least 300)
@@ -163,36 +166,59 @@ static int watch(const char *proto, const char *host, int port, int seconds, lon
     return 0;
 }
 
+static volatile sig_atomic_t stream_stop;
+static void on_term(int sig) { (void)sig; stream_stop = 1; }
+
 static int stream(const char *host, int port, int seconds, int verbose) {
     struct sockaddr_storage ss; socklen_t len;
     int fam = parse_addr(host, port, &ss, &len);
     if (fam < 0) return 2;
     int s = socket(fam, SOCK_STREAM, 0);
     if (connect(s, (struct sockaddr *)&ss, len) < 0) { printf("connect failed: %s\n", strerror(errno)); return 1; }
-    long start = now_ms(), last_echo = start, max_gap = 0, sent = 0, seq = 0;
+    long start = now_ms(), last_echo = start, max_gap = 0, sent = 0, seq = 0, echoed = 0;
     char line[64], buf[4096]; size_t have = 0; char acc[8192];
     fcntl(s, F_SETFL, O_NONBLOCK);
-    while (now_ms() - start < seconds * 1000L) {
+    signal(SIGTERM, on_term);
+    while (now_ms() - start < seconds * 1000L && !stream_stop) {
         snprintf(line, sizeof line, "%ld\n", seq++);
-        if (send(s, line, strlen(line), MSG_NOSIGNAL) < 0 && errno != EAGAIN) { printf("send failed: %s\n", strerror(errno)); return 1; }
+        if (send(s, line, strlen(line), MSG_NOSIGNAL) < 0 && errno != EAGAIN && errno != EINTR) { printf("send failed: %s\n", strerror(errno)); return 1; }
         sent++;
         long until = now_ms() + 50;
         while (now_ms() < until) {
             if (!wait_fd(s, POLLIN, until)) break;
             ssize_t n = recv(s, buf, sizeof buf, 0);
             if (n == 0) { printf("closed by peer after %ld ms\n", now_ms() - start); return 1; }
-            if (n < 0) { if (errno == EAGAIN) continue; printf("recv failed: %s\n", strerror(errno)); return 1; }
+            if (n < 0) { if (errno == EAGAIN || errno == EINTR) continue; printf("recv failed: %s\n", strerror(errno)); return 1; }
+            for (ssize_t i = 0; i < n; i++) echoed += buf[i] == '\n';
             long t = now_ms();
             if (t - last_echo > max_gap) max_gap = t - last_echo;
             last_echo = t;
-            if (verbose) { printf("e\n"); fflush(stdout); }
+            if (verbose == 1) { printf("e\n"); fflush(stdout); }
+            if (verbose == 2) { printf("e %ld\n", t - start); fflush(stdout); }
             if (have + n < sizeof acc) { memcpy(acc + have, buf, n); have += n; }
             else have = 0;
         }
     }
     long t = now_ms();
     if (t - last_echo > max_gap) max_gap = t - last_echo;
-    printf("stream sent=%ld max_gap_ms=%ld\n", sent, max_gap);
+    printf("stream sent=%ld echoed=%ld max_gap_ms=%ld\n", sent, echoed, max_gap);
+    return 0;
+}
+
+/* UDP datagrams of 18 bytes (64-byte frames) to HOST:PORT as fast as the guest can send, for SECONDS;
+ * prints how many were sent. */
+static int flood(const char *host, int port, int seconds) {
+    struct sockaddr_storage ss; socklen_t len;
+    int fam = parse_addr(host, port, &ss, &len);
+    if (fam < 0) return 2;
+    int s = socket(fam, SOCK_DGRAM, 0);
+    char payload[18] = "gw-net flood.....";
+    long start = now_ms(), sent = 0;
+    while (now_ms() - start < seconds * 1000L) {
+        for (int i = 0; i < 256; i++)
+            if (sendto(s, payload, sizeof payload, 0, (struct sockaddr *)&ss, len) == (ssize_t)sizeof payload) sent++;
+    }
+    printf("flood sent=%ld ms=%ld\n", sent, now_ms() - start);
     return 0;
 }
 
@@ -201,10 +227,13 @@ int main(int argc, char **argv) {
     if (argc >= 5 && !strcmp(argv[1], "probe"))
         return probe(argv[2], argv[3], atoi(argv[4]), argc >= 6 ? atol(argv[5]) : 1500);
     if (argc >= 5 && !strcmp(argv[1], "stream"))
-        return stream(argv[2], atoi(argv[3]), atoi(argv[4]), argc >= 6 && !strcmp(argv[5], "v"));
+        return stream(argv[2], atoi(argv[3]), atoi(argv[4]),
+                      argc < 6 ? 0 : !strcmp(argv[5], "v") ? 1 : !strcmp(argv[5], "t") ? 2 : 0);
+    if (argc >= 6 && !strcmp(argv[1], "flood") && !strcmp(argv[2], "udp"))
+        return flood(argv[3], atoi(argv[4]), atoi(argv[5]));
     if (argc >= 7 && !strcmp(argv[1], "watch"))
         return watch(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atol(argv[6]), argc >= 8 ? atol(argv[7]) : 0);
     fprintf(stderr, "usage: gw-net serve SPEC... | probe tcp|udp HOST PORT [MS] | stream HOST PORT SECONDS [v]"
-                    " | watch tcp|udp HOST PORT SECONDS MS [TIMEOUT]\n");
+                    " | watch tcp|udp HOST PORT SECONDS MS [TIMEOUT] | flood udp HOST PORT SECONDS\n");
     return 2;
 }
