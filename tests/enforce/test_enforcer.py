@@ -117,3 +117,21 @@ def test_failed_transaction_changes_nothing(netns: str) -> None:
     with pytest.raises(EnforceError):
         enforcer.runner.run_json(bad)
     assert enforcer.runner.text() == before
+
+
+def test_tables_from_before_policy_drop_get_it_in_place(netns: str) -> None:
+    from guestward.dataplane import diff_objects, render_plan
+    from guestward.dataplane.objects import NftObjects
+
+    plan = plan_of([guest(1, "web"), guest(2, "db")])
+    old = render_plan(plan)
+    for key, chain in list(old.chains.items()):
+        if chain.hook:
+            old.chains[key] = replace(chain, policy="accept")  # as every base chain was rendered before
+    runner = NftRunner(netns)
+    runner.run_json(diff_objects(NftObjects(), old, create_tables=True))
+    assert "policy drop" not in nft(netns, "list", "ruleset")
+    assert Enforcer(runner).sync(plan).commands == 3  # one `add chain` per base chain that fails closed now
+    text = nft(netns, "list", "ruleset")
+    assert text.count("policy drop;") == 3 and text.count("policy accept;") == 2  # inet input, output
+    assert Enforcer(runner).sync(plan).commands == 0
