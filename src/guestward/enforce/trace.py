@@ -110,15 +110,6 @@ class TraceSession:
     def lines(self) -> list[str]:
         return list(self._lines)
 
-    def wait_for(self, predicate: object, timeout: float, interval: float = 0.05) -> bool:
-        """Wait until `predicate(lines)` holds (True) or `timeout` seconds passed (False)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self.lines()):  # type: ignore[operator]
-                return True
-            time.sleep(interval)
-        return bool(predicate(self.lines()))  # type: ignore[operator]
-
     def close(self) -> None:
         self.runner.run("nft", "delete", "table", "bridge", self.table)  # absent already: nothing to do
         if self._proc is not None:
