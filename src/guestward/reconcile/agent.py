@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import queue
 import signal
 import subprocess
 import threading
@@ -43,6 +44,14 @@ MIGRATED_HERE = "resumed/1"
 
 
 _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: no dlopen in a forked child
+
+
+def _read_lines(proc: subprocess.Popen[str], out: queue.SimpleQueue[tuple[str, float] | None]) -> None:
+    """Every line of `proc`'s output with its arrival time, then None (end of output)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        out.put((line, time.monotonic()))
+    out.put(None)
 
 
 def _die_with_parent() -> None:
@@ -127,9 +136,12 @@ class Agent:
                                     preexec_fn=_die_with_parent)
             self._monitors[host] = proc
             parser = MonitorParser()
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                change = parser.feed(line, time.monotonic())
+            # Lines are read (and stamped) by their own thread, so nft never waits on a full pipe while
+            # a repair runs here: a blocked monitor would lose notifications (ENOBUFS) in the kernel.
+            lines: queue.SimpleQueue[tuple[str, float] | None] = queue.SimpleQueue()
+            threading.Thread(target=_read_lines, args=(proc, lines), daemon=True, name=f"nft-read-{host}").start()
+            while (item := lines.get()) is not None:
+                change = parser.feed(*item)
                 if change is not None:
                     self.on_change(host, change)
             proc.wait()
