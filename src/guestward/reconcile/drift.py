@@ -36,7 +36,8 @@ from guestward.store.lock import LockTimeout, enforcement_lock, held_only_by_us
 
 @dataclass(frozen=True)
 class Armed:
-    payload: str  # the nft JSON document that rebuilds our tables
+    plan: HostPlan
+    payload: str  # the nft JSON document that rebuilds our tables as `plan` renders them
     generation: int  # of the enforcement-lock hold under which these tables were enforced
 
 
@@ -63,8 +64,13 @@ class DriftGuard:
         self._mutex = threading.Lock()  # one repair at a time; arm() may come from another thread
 
     def arm(self, plan: HostPlan, generation: int) -> None:
-        """Remember `plan` as what is enforced, as of the lock hold `generation`."""
-        armed = Armed(payload(replace_tables(render_plan(plan, self.settings))), generation)
+        """Remember `plan` as what is enforced, as of the lock hold `generation` (rendered again only
+        when the plan changed)."""
+        current = self._armed
+        if current is not None and current.plan == plan:
+            armed = Armed(plan, current.payload, generation)
+        else:
+            armed = Armed(plan, payload(replace_tables(render_plan(plan, self.settings))), generation)
         with self._mutex:
             if self._armed is None or self._armed.generation <= generation:
                 self._armed = armed
