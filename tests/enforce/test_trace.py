@@ -65,3 +65,16 @@ def test_the_table_is_removed_when_the_body_fails(bridged: tuple[str, str]) -> N
     assert flow.rule() == "ip daddr 10.9.0.1 tcp dport 22 tcp flags & (syn | ack) == syn meta nftrace set 1"
     with pytest.raises(ValueError):
         TracedFlow(None, ip_address("10.9.0.1"), "sctp", 1).rule()
+
+
+def test_a_session_left_by_a_dead_process_is_removed_by_the_next(bridged: tuple[str, str]) -> None:
+    host, _ = bridged
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    runner = NftRunner(host)
+    for name in (f"gwtrace{dead.pid}x1", f"gwtrace{os.getpid()}x999"):  # a dead one, and a live one's
+        runner.run("nft", "add", "table", "bridge", name)
+    with TraceSession(runner, [TracedFlow(None, ip_address("10.9.0.1"), "icmp")]):
+        pass
+    left = tables(host)
+    assert f"gwtrace{dead.pid}x1" not in left and f"gwtrace{os.getpid()}x999" in left

@@ -9,7 +9,8 @@ So no trace of a packet sent after entry is missed. The kernel reports a marked 
 that gives it a verdict, in this and every later hook (br_netfilter carries the mark into the inet
 hooks; a veth into another namespace clears it, so each host traces for itself). `lines()` is what
 the monitor printed so far. On exit, whatever happened, the table is deleted and the monitor
-stopped: tracing never outlives the session.
+stopped: tracing never outlives the session. A session left behind by a killed process (its pid is
+in the table's name) is removed by the next session on that host.
 
 guestward's own tables are never touched, so the agent's drift repair ignores the session.
 """
@@ -17,11 +18,13 @@ guestward's own tables are never touched, so the agent's drift repair ignores th
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
 from types import TracebackType
 
 from guestward.enforce.enforcer import EnforceError, NftRunner
@@ -68,6 +71,7 @@ class TraceSession:
         self._reader: threading.Thread | None = None
 
     def __enter__(self) -> TraceSession:
+        self._remove_orphans()
         self._proc = subprocess.Popen(self.runner.command("nft", "monitor"), stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True, name=f"trace-{self.table}")
@@ -88,6 +92,12 @@ class TraceSession:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+    def _remove_orphans(self) -> None:
+        for m in re.finditer(r"^table bridge (gwtrace(\d+)x\d+r?)$", self.runner.run("nft", "list", "tables").stdout,
+                             re.MULTILINE):
+            if not Path(f"/proc/{m.group(2)}").exists():
+                self.runner.run("nft", "delete", "table", "bridge", m.group(1))
 
     def _add_table(self) -> None:
         rules = "\n".join(f"    {f.rule()}" for f in self.flows)
