@@ -265,7 +265,8 @@ def register(app: typer.Typer) -> None:
 
         With --trace, a real packet of the flow is traced on the hosts of both ends (in the lab the
         source sends one; elsewhere the next one the source sends, within --timeout) and the rules it
-        met are printed after the compiled answer. The exit status stays the compiled verdict's."""
+        met are printed after the compiled answer. The exit status stays the compiled verdict's (2 when
+        no packet of the flow was seen)."""
         try:
             p = parse_port(port)
         except ValueError as exc:
