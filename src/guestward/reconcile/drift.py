@@ -16,6 +16,11 @@ another process held it, the host was enforced anew, not armed, the transaction 
 the lock and is always right.
 
 The guard never repairs a change committed by this process's own nft processes (`committed_by_us`).
+
+What the window between a foreign commit and the repair exposes: a flushed bridge table or inet
+forward chain drops everything (their base chains have `policy drop`, dataplane/render.py); a deleted
+table, or a deleted or changed rule, leaves the traffic the remaining rules allow until the repair.
+Connections opened in that window stay open after it (their packets are "established").
 """
 
 from __future__ import annotations
