@@ -16,10 +16,8 @@ Restarting the agent never flushes anything: it starts with a sync, which only d
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -27,19 +25,12 @@ from dataclasses import dataclass, field
 
 from guestward.enforce import NftRunner
 from guestward.hypervisor.events import EventSource
+from guestward.reconcile.children import die_with_parent
 from guestward.reconcile.controller import Controller
 from guestward.store.config import Config
 
 log = logging.getLogger(__name__)
 GENERATION = re.compile(r"# new generation \d+ by process (\d+) \((.*)\)")
-
-
-_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: no dlopen in a forked child
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the agent dies, however it dies (prctl PR_SET_PDEATHSIG)."""
-    _LIBC.prctl(1, signal.SIGKILL)
 
 
 @dataclass
@@ -81,7 +72,7 @@ class Agent:
         argv = NftRunner(self.config.host(host).netns).command("nft", "monitor")
         while not self._stop.is_set():
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=die_with_parent)
             self._monitors[host] = proc
             touched = False
             assert proc.stdout is not None
