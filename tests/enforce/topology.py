@@ -127,3 +127,42 @@ while time.monotonic() < end:
     time.sleep(0.02)
 print(json.dumps({"sent": sent, "answered": answered, "worst": worst}), flush=True)
 """
+
+
+HOST_SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+refused = 0
+for _ in range(int(sys.argv[3])):
+    try:
+        s.sendto(b"x", (sys.argv[1], int(sys.argv[2])))
+    except OSError:
+        refused += 1
+print(refused)
+"""
+
+
+def host_sends(t: Topology, dst: str, port: int, n: int) -> int:
+    """Send n UDP datagrams from the host namespace itself (its output hook: the receiver's ingress
+    chain decides); returns how many the local policy refused."""
+    proc = subprocess.run(["ip", "netns", "exec", t.host_ns, sys.executable, "-c", HOST_SEND, dst, str(port), str(n)],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def guestless_host(policy_yaml: str, settings: object) -> Topology:
+    """A host namespace whose bridge has an address (10.88.0.254/24), with the plan of three guests
+    a (zone a), b (zone b), c (zone c) applied but no guest namespaces: enough for counters that
+    the host's own packets move."""
+    from guestward.enforce import Enforcer, NftRunner
+
+    t = Topology()
+    t.up()
+    sh("ip", "-n", t.host_ns, "addr", "add", "10.88.0.254/24", "dev", "br0")
+    for i, zone in enumerate(("a", "b", "c"), start=1):
+        mac, addr = f"52:54:00:88:00:{i:02x}", f"10.88.0.{i}"
+        t.guests[zone] = Guest(zone, f"uuid-{zone}", HOST.name, Labels({"zone": zone}),
+                               (Interface.of(mac, t.port(zone), [addr]),))
+        sh("ip", "-n", t.host_ns, "neigh", "add", addr, "lladdr", mac, "dev", "br0")
+    Enforcer(NftRunner(t.host_ns), settings).sync(t.plan(policy_yaml))  # type: ignore[arg-type]
+    return t

@@ -3,7 +3,9 @@
 A logged packet names its rule only through its prefix (`gw <reason> <chain> <label>`, render.py):
 NFLOG carries no rule handle. The guest is the one whose vNIC the packet came in by (egress) or was
 going out by (ingress): its bridge port (physin/physout, which br_netfilter gives in the inet hooks
-too), else its address (the host's own packets have no bridge port yet).
+too), else, for drops in the inet table, its address (the host's own packets have no bridge port
+yet). A bridge guard's drop is never put on a guest by address: a spoofed or unknown sender's
+address is exactly what cannot be trusted.
 
 Contract: `to_flow` returns None for a line that is not one of our drops (another prefix, a
 control line) and never raises on missing or mistyped fields.
@@ -27,6 +29,7 @@ from guestward.dataplane.render import (
 )
 
 EGRESS, INGRESS = "egress", "ingress"
+BRIDGE_REASONS = (SPOOF, UNKNOWN_PORT, NOT_FOR_VNIC)
 BLOCKED = "blocked"
 
 
@@ -107,7 +110,9 @@ def to_flow(line: Mapping[str, Any], host: str, ports: Mapping[str, str],
     port, addr = (physin, src) if direction == EGRESS else (physout, dst)
     if port is None and direction == INGRESS and reason == UNKNOWN_PORT:
         port = _str(line.get("out"))
-    guest = (ports.get(port) if port else None) or (addresses.get(addr) if addr else None)
+    guest = ports.get(port) if port else None
+    if guest is None and reason not in BRIDGE_REASONS and addr:
+        guest = addresses.get(addr)  # never for the bridge guards: their addresses are what is in doubt
     at = line.get("at")
     return FlowRecord(
         at=float(at) if isinstance(at, int | float) else 0.0, host=host, guest=guest, direction=direction,

@@ -57,7 +57,8 @@ class NftRunner:
         proc = subprocess.run(self._argv("-j", "list", "table", family, TABLE), capture_output=True,
                               text=True, check=False)
         if proc.returncode != 0:
-            if "No such file or directory" in proc.stderr:
+            # nft's own "no such table"; not nsenter's (a missing namespace is an error, not an empty host)
+            if proc.stderr.startswith("Error: No such file or directory"):
                 return None
             raise EnforceError(f"nft list table {family} {TABLE} failed: {proc.stderr.strip()}")
         return json.loads(proc.stdout)  # type: ignore[no-any-return]

@@ -11,6 +11,10 @@ repair from the stored snapshot (within milliseconds of the change when it was n
 every `drift_interval` seconds backs the monitor up). A repair that had to change something is
 recorded as a `drift` event naming the process that made the change when nft says so.
 
+Drops: each host's NFLOG reader feeds the drop log (reconcile/flowlog.py) when `drop_log.group` is
+set; the metrics endpoint (reconcile/metrics.py) reads counters and the store at scrape time. Neither
+can stop enforcement: a reader that dies is restarted, a metrics port that cannot be bound is logged.
+
 Restarting the agent never flushes anything: it starts with a sync, which only diffs.
 """
 
@@ -27,6 +31,8 @@ from guestward.enforce import NftRunner
 from guestward.hypervisor.events import EventSource
 from guestward.reconcile.children import die_with_parent
 from guestward.reconcile.controller import Controller
+from guestward.reconcile.flowlog import FlowLog
+from guestward.reconcile.metrics import GuestwardCollector, serve
 from guestward.store.config import Config
 
 log = logging.getLogger(__name__)
@@ -42,9 +48,16 @@ class _Pending:
 
 class Agent:
     def __init__(self, config: Config, resync_interval: float = 30.0, drift_interval: float = 5.0,
-                 only_hosts: list[str] | None = None) -> None:
+                 only_hosts: list[str] | None = None, metrics: tuple[str, int] | None = None,
+                 flow_log: bool = True) -> None:
         self.config = config
         self.controller = Controller(config, only_hosts or ())
+        runners = {h: NftRunner(config.host(h).netns) for h in sorted(self.controller.local_hosts)}
+        group = config.drop_log.group
+        self.flowlog = (FlowLog(runners, self.controller.store.path, group, keep=config.drop_log.keep)
+                        if flow_log and group is not None else None)
+        self.metrics = metrics
+        self.collector = GuestwardCollector(runners, self.controller.store.path, self.flowlog)
         self.resync_interval = resync_interval
         self.drift_interval = drift_interval
         self._cond = threading.Condition()
@@ -97,6 +110,14 @@ class Agent:
 
     def run(self) -> None:
         self._record("agent", "start", hosts=sorted(self.controller.local_hosts))
+        if self.flowlog is not None:
+            self.flowlog.start()
+        if self.metrics is not None:
+            try:
+                serve(self.collector, self.metrics)
+                log.info("metrics on http://%s:%d/metrics", *self.metrics)
+            except OSError as exc:
+                log.warning("metrics: cannot listen on %s:%d: %s (enforcement goes on)", *self.metrics, exc)
         for h in sorted(self.controller.local_hosts):
             threading.Thread(target=self._watch_nft, args=(h,), daemon=True, name=f"nft-{h}").start()
         events = EventSource([h.host() for h in self.config.hosts], self.on_event)
@@ -141,6 +162,8 @@ class Agent:
                         self._cond.wait(max(0.0, retry_at - time.monotonic()))
         finally:
             events.close()
+            if self.flowlog is not None:
+                self.flowlog.stop()
             self._record("agent", "stop")
 
     def _reconcile(self, pending: _Pending) -> None:
