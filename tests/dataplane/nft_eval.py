@@ -117,7 +117,7 @@ def run_hook(o: NftObjects, family: str, base: str, p: Packet) -> tuple[str, Pac
             elif "counter" in e or "log" in e:
                 continue
             elif "set" in e:  # a limiter update: never over its rate here, and it never decides
-                assert e["set"]["op"] == "update" and e["set"]["set"] in ("@lim4", "@lim6", "@lim-port"), e
+                assert e["set"]["op"] == "update" and e["set"]["set"].startswith("@lim"), e
                 continue
             elif "mangle" in e:
                 assert e["mangle"]["key"] == {"meta": {"key": "mark"}}

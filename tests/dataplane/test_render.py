@@ -241,6 +241,7 @@ def test_without_a_log_group_drops_are_counted_but_not_logged() -> None:
 
     o = render_plan(example_plans()["hv1"], Settings(log_group=None))
     assert not any("log" in _statements(r.expr) for c in o.chains.values() for r in c.rules)
+    assert not any(s.dynamic for s in o.sets.values()), "limiter sets come and go with the log rules"
     assert all("counter" in _statements(r.expr) for c in o.chains.values() for r in c.rules)
 
 
@@ -256,7 +257,10 @@ def test_log_prefixes_are_bounded_and_printable_whatever_the_names() -> None:
 def test_the_limiter_sets_are_dynamic_and_never_diffed() -> None:
     o = render_plan(example_plans()["hv1"])
     limiters = [s for s in o.sets.values() if s.dynamic]
-    assert {(s.family, s.name) for s in limiters} == {(BR, "lim-port"), (INET, "lim4"), (INET, "lim6")}
+    assert {(s.family, s.name) for s in limiters} == {(BR, "limport-20-20"), (INET, "lim4-20-20"), (INET, "lim6-20-20")}
+    from guestward.dataplane import Settings
+    other = render_plan(example_plans()["hv1"], Settings(log_rate=50))
+    assert {s.name for s in other.sets.values() if s.dynamic} == {"limport-50-20", "lim4-50-20", "lim6-50-20"}
     listed = [nft_sim.list_table(o, BR), nft_sim.list_table(o, INET)]
     assert any("elem" in i.get("set", {}) for d in listed for i in d["nftables"] if i.get("set", {}).get("timeout"))
     from guestward.dataplane.readback import parse_tables

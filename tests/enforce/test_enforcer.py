@@ -117,3 +117,21 @@ def test_failed_transaction_changes_nothing(netns: str) -> None:
     with pytest.raises(EnforceError):
         enforcer.runner.run_json(bad)
     assert enforcer.runner.text() == before
+
+
+def test_drop_logging_switched_on_and_off_in_place_converges(netns: str) -> None:
+    from guestward.dataplane import Settings
+
+    plan = plan_of([guest(1, "web"), guest(2, "db")])
+    for settings in (Settings(log_group=None), Settings(log_group=7), Settings(log_group=None),
+                     Settings(log_group=9, log_rate=1000, log_burst=7)):
+        enforcer = Enforcer(NftRunner(netns), settings)
+        assert enforcer.sync(plan).commands > 0
+        assert enforcer.sync(plan).commands == 0, "the read-back of what was applied needs no change"
+        text = "".join(enforcer.runner.run("nft", "list", "table", f, "guestward").stdout for f in ("bridge", "inet"))
+        if settings.log_group is None:
+            assert " log " not in text and "lim4" not in text
+        else:
+            assert f"group {settings.log_group}" in text
+            assert f"limit rate {settings.log_rate}/second burst {settings.log_burst} packets" in text
+            assert "flags dynamic,timeout" in text

@@ -53,6 +53,10 @@ def topo() -> Iterator[Topology]:
         t.add_guest("b", 2, {"zone": "b"})
         t.add_guest("c", 3, {"zone": "c"})
         t.add_guest("d", 4, {"zone": "d"}, bound=False)  # a vNIC guestward does not know
+        # First a much higher rate, with traffic that creates a's limiter element; then the rate under
+        # test: it must be in force at once (stale per-guest limiter state would let the old rate on).
+        Enforcer(NftRunner(t.host_ns), Settings(log_group=GROUP, log_rate=5000, log_burst=5000)).sync(t.plan(POLICY))
+        finish(t.python("a", UDP_FLOOD, "10.88.0.2", "9999", "0.3"))
         Enforcer(NftRunner(t.host_ns), Settings(log_group=GROUP, log_rate=RATE, log_burst=BURST)).sync(
             t.plan(POLICY))
         yield t

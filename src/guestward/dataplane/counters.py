@@ -52,9 +52,11 @@ class RuleCounter:
         return "egress" if self.chain.startswith("eg-") else "ingress"
 
 
-def _label(comment: str) -> str:
+def label_of(comment: str, logged: bool = False) -> str:
+    """A rule's label: its comment without the digest (and, for a log rule, the label of its drop)."""
     head, sep, digest = comment.rpartition(" #")
-    return head if sep and digest.isalnum() else comment
+    label = head if sep and digest.isalnum() else comment
+    return label.removeprefix("log: ") if logged else label
 
 
 def _verdict(expr: list[Any]) -> str:
@@ -105,8 +107,7 @@ def rule_counters(documents: Iterable[dict[str, Any]], table: str = "guestward")
                 continue
             family, chain = str(body.get("family", "")), str(body.get("chain", ""))
             logged = any(isinstance(e, dict) and "log" in e for e in expr)
-            label = _label(str(body.get("comment", "")))
-            label = label.removeprefix("log: ") if logged else label
+            label = label_of(str(body.get("comment", "")), logged)
             verdict = _verdict(expr)
             reason = drop_reason(family, chain, label) if verdict == "drop" or logged else None
             out.append(RuleCounter(family, chain, label, verdict, int(counter.get("packets", 0)),

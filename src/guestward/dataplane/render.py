@@ -39,7 +39,7 @@ class Settings:
 DENY, DEFAULT_DENY, SPOOF = "deny", "default-deny", "spoof"
 UNKNOWN_PORT, NOT_FOR_VNIC, INVALID, NO_IDENTITY = "unknown-port", "not-for-vnic", "invalid", "no-identity"
 REASONS = (DENY, DEFAULT_DENY, SPOOF, UNKNOWN_PORT, NOT_FOR_VNIC, INVALID, NO_IDENTITY)
-LIMITERS = {BR: "lim-port", 4: "lim4", 6: "lim6"}  # the dynamic sets that rate-limit logging
+LIMITER_KEYS = {BR: "port", 4: "4", 6: "6"}  # the dynamic sets that rate-limit logging, per key type
 LIMITER_TIMEOUT, LIMITER_SIZE = 60, 65536
 PREFIX_MAX = 127  # bytes: the kernel's NF_LOG_PREFIXLEN less the terminating NUL
 
@@ -118,6 +118,12 @@ def selector_set(digest: str, version: int) -> NftSet:
 
 # -- the fixed skeleton --------------------------------------------------------------------------------
 
+def limiter(settings: Settings, key: str | int) -> str:
+    """The limiter set's name. The kernel keeps each element's limit state with the rate it was created
+    with, so the rate is in the name: a new rate gets new sets (and fresh state), not stale elements."""
+    return f"lim{LIMITER_KEYS[key]}-{settings.log_rate}-{settings.log_burst}"
+
+
 def _drop(settings: Settings, reason: str, chain: str, label: str, matches: Iterable[Any],
           keys: Iterable[tuple[Iterable[Any], str, Any]]) -> tuple[NftRule, ...]:
     """A counted drop, preceded by the rules that log it: one per (extra matches, limiter set, key).
@@ -137,9 +143,9 @@ def _drop(settings: Settings, reason: str, chain: str, label: str, matches: Iter
     return (*rules, _rule(label, *matches, COUNTER, {"drop": None}))
 
 
-def _by_address(field: str, *extra: Any) -> list[tuple[list[Any], str, Any]]:
+def _by_address(settings: Settings, field: str, *extra: Any) -> list[tuple[list[Any], str, Any]]:
     """Limiter keys on the guest's own address (`saddr` when it sends, `daddr` when it receives)."""
-    return [([*extra, _m(_meta("nfproto"), f"ipv{v}")], LIMITERS[v], _pl(fam, field))
+    return [([*extra, _m(_meta("nfproto"), f"ipv{v}")], limiter(settings, v), _pl(fam, field))
             for v, fam in ((4, "ip"), (6, "ip6"))]
 
 
@@ -158,13 +164,18 @@ def skeleton(settings: Settings) -> NftObjects:
     o.add_set(NftSet(BR, "dst6", ("ifname", "ipv6_addr")))
     for name, t in (("eg4", "ipv4_addr"), ("in4", "ipv4_addr"), ("eg6", "ipv6_addr"), ("in6", "ipv6_addr")):
         o.add_set(NftSet(INET, name, (t,), "verdict"))
+    # Only with logging on: nft marks a set dynamic (NFT_SET_EVAL) only when it is created in the same
+    # transaction as a rule that updates it, and the kernel refuses `update @set` on a set without it.
+    # So switching logging on creates the sets with their rules, and switching it off deletes them.
     for family, key, t in ((BR, BR, "ifname"), (INET, 4, "ipv4_addr"), (INET, 6, "ipv6_addr")):
-        o.add_set(NftSet(family, LIMITERS[key], (t,), flags=("timeout",), timeout=LIMITER_TIMEOUT, size=LIMITER_SIZE))
+        if settings.log_group is not None:
+            o.add_set(NftSet(family, limiter(settings, key), (t,), flags=("timeout",), timeout=LIMITER_TIMEOUT,
+                             size=LIMITER_SIZE))
 
     iif, oif, esrc = _meta("iifname"), _meta("oifname"), _pl("ether", "saddr")
     etype = _pl("ether", "type")
-    by_iif: list[tuple[list[Any], str, Any]] = [([], LIMITERS[BR], iif)]
-    by_oif: list[tuple[list[Any], str, Any]] = [([], LIMITERS[BR], oif)]
+    by_iif: list[tuple[list[Any], str, Any]] = [([], limiter(settings, BR), iif)]
+    by_oif: list[tuple[list[Any], str, Any]] = [([], limiter(settings, BR), oif)]
     o.add_chain(NftChain(BR, "prerouting", (
         _rule("dispatch: vNIC -> src-guard, uplink -> accept", COUNTER, {"vmap": {"key": iif, "data": "@ports-in"}}),
         *_drop(settings, UNKNOWN_PORT, "prerouting", "unknown port: fail closed", (), by_iif),
@@ -208,7 +219,8 @@ def skeleton(settings: Settings) -> NftObjects:
             # From a local vNIC the sender is the guest; else (only "to a local vNIC") the receiver is.
             *_drop(settings, INVALID, hook, f"{hook}: invalid, from or to a local vNIC",
                    [_m({"&": [_meta("mark"), eg | ing]}, 0, "!="), _m({"ct": {"key": "state"}}, "invalid", "in")],
-                   [*_by_address("saddr", _mark_has(eg)), *_by_address("daddr", _mark_has(eg, False))]),
+                   [*_by_address(settings, "saddr", _mark_has(eg)),
+                    *_by_address(settings, "daddr", _mark_has(eg, False))]),
             _rule(f"{hook}: ipv6 neighbour discovery (link scope; sources checked at the bridge)",
                   _m(_meta("l4proto"), "ipv6-icmp"), _m(_pl("icmpv6", "type"), {"set": ND_TYPES}), COUNTER,
                   {"accept": None}),
@@ -217,7 +229,7 @@ def skeleton(settings: Settings) -> NftObjects:
             _rule(f"{hook}: egress of the sender's identity (v6)", _mark_has(eg), _m(_meta("nfproto"), "ipv6"),
                   COUNTER, {"vmap": {"key": _pl("ip6", "saddr"), "data": "@eg6"}}),
             *_drop(settings, NO_IDENTITY, hook, f"{hook}: sender without identity: fail closed", [_mark_has(eg)],
-                   _by_address("saddr")),
+                   _by_address(settings, "saddr")),
             _rule(f"{hook}: to ingress", COUNTER, {"goto": {"target": "ingress"}}),
         )
 
@@ -235,7 +247,7 @@ def skeleton(settings: Settings) -> NftObjects:
         _rule("ingress of the receiver's identity (v6)", _m(_meta("nfproto"), "ipv6"), COUNTER,
               {"vmap": {"key": _pl("ip6", "daddr"), "data": "@in6"}}),
         *_drop(settings, NO_IDENTITY, "ingress", "to a local vNIC, receiver without identity: fail closed",
-               [_mark_has(ing)], _by_address("daddr")),
+               [_mark_has(ing)], _by_address(settings, "daddr")),
         _rule("not to a local guest", COUNTER, {"accept": None}),
     )))
     return o
@@ -314,11 +326,12 @@ def chain_object(chain: ChainPlan, settings: Settings) -> NftChain:
                 base.append(_m(_pl(family, other), "@" + set_name(m.peer_set, version)))
             for ports in _port_matches(pr, version):
                 if verdict == "drop":
-                    keys: list[tuple[list[Any], str, Any]] = [([], LIMITERS[version], _pl(family, own))]
+                    keys: list[tuple[list[Any], str, Any]] = [([], limiter(settings, version), _pl(family, own))]
                     rules += _drop(settings, DENY, chain.name, label, [*base, *ports], keys)
                 else:
                     rules.append(_rule(label, *base, *ports, COUNTER, _verdict(verdict)))
-    rules += _drop(settings, DEFAULT_DENY, chain.name, "default deny", (), _by_address("saddr" if egress else "daddr"))
+    rules += _drop(settings, DEFAULT_DENY, chain.name, "default deny", (),
+                   _by_address(settings, "saddr" if egress else "daddr"))
     return NftChain(INET, chain.name, tuple(rules))
 
 
