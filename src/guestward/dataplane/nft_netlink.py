@@ -131,28 +131,39 @@ def _rule(payload: bytes) -> DumpedRule:
         elif kind == NFTA_RULE_USERDATA:
             comment = _comment(data)
         elif kind == NFTA_RULE_EXPRESSIONS:
-            for k, elem in _attrs(data):
-                if k != NFTA_LIST_ELEM:
+            # The hot loop of a read (tens of thousands of rules): the expression's name is its first
+            # attribute and its data the second, so both are read in place, and only the expressions
+            # a counter read needs are walked further.
+            off, end = 0, len(data)
+            while off + 4 <= end:
+                length = struct.unpack_from("=H", data, off)[0]
+                if length < 4 or off + length > end:
+                    break
+                elem, off = data[off + 4:off + length], off + ((length + 3) & ~3)
+                if len(elem) < 8:
                     continue
-                name, edata = "", b""
-                for k2, d2 in _attrs(elem):
-                    if k2 == NFTA_EXPR_NAME:
-                        name = _str(d2)
-                    elif k2 == NFTA_EXPR_DATA:
-                        edata = d2
-                if name == "counter" and packets is None:
+                nlen = struct.unpack_from("=H", elem, 0)[0]
+                name = elem[4:nlen].rstrip(b"\0")
+                rest = elem[(nlen + 3) & ~3:]
+                if name not in (b"counter", b"immediate", b"lookup", b"log"):
+                    continue
+                edata = b""
+                if len(rest) >= 4:
+                    dlen = struct.unpack_from("=H", rest, 0)[0]
+                    edata = rest[4:dlen] if 4 <= dlen <= len(rest) else b""
+                if name == b"counter" and packets is None:
                     for k3, d3 in _attrs(edata):
                         if k3 == NFTA_COUNTER_PACKETS:
                             packets = _be64(d3)
                         elif k3 == NFTA_COUNTER_BYTES:
                             nbytes = _be64(d3)
-                elif name == "immediate":
+                elif name == b"immediate":
                     verdict = _verdict(edata) or verdict
-                elif name == "lookup":
+                elif name == b"lookup":
                     for k3, d3 in _attrs(edata):
                         if k3 == NFTA_LOOKUP_DREG and d3[:4] == struct.pack("!I", NFT_REG_VERDICT):
                             verdict = "vmap"
-                elif name == "log":
+                elif name == b"log":
                     logs = True
     return DumpedRule(table, chain, handle, comment, packets, nbytes, verdict, logs)
 
