@@ -1,7 +1,8 @@
 """The drop log in the agent: one NFLOG reader per host (in the host's namespace), one writer.
 
 Each reader (`python -m guestward.enforce.nflog_reader`) runs as a child that dies with the agent
-(PDEATHSIG) and is restarted a second after it exits. Its lines go to one queue; the writer thread
+(PDEATHSIG) and is restarted after it exits (1 s, doubling to 30 s while it keeps failing, e.g.
+when another listener holds the NFLOG group). Its lines go to one queue; the writer thread
 resolves each to a flow record (port or address -> guest, from the stored inventory snapshot, re-read
 at most every `refresh` seconds) and stores them in batches (at most every `flush` seconds or
 `batch` records), keeping the newest `keep` (config `drop_log.keep`).
@@ -92,6 +93,7 @@ class FlowLog:
 
     def _read(self, host: str) -> None:
         argv = reader_argv(self.runners[host], self.group)
+        delay = 1.0
         while not self._stop.is_set():
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     preexec_fn=die_with_parent)
@@ -105,6 +107,7 @@ class FlowLog:
                 if not isinstance(line, dict):
                     continue
                 if line.get("ready"):
+                    delay = 1.0
                     log.info("%s: drop log reader bound to NFLOG group %d", host, self.group)
                     if self.on_ready:
                         self.on_ready(host)
@@ -120,9 +123,10 @@ class FlowLog:
             if self._stop.is_set():
                 return
             err = proc.stderr.read().strip()[-500:] if proc.stderr else ""
-            log.warning("%s: drop log reader exited (%s)%s; restarting", host, proc.returncode,
-                        f": {err}" if err else "")
-            self._stop.wait(1.0)
+            log.warning("%s: drop log reader exited (%s)%s; restarting in %.0f s", host, proc.returncode,
+                        f": {err}" if err else "", delay)
+            self._stop.wait(delay)
+            delay = min(delay * 2, 30.0)  # e.g. another listener holds the group: do not spin
 
     # -- the writer ----------------------------------------------------------------------------
 
