@@ -135,3 +135,17 @@ def test_drop_logging_switched_on_and_off_in_place_converges(netns: str) -> None
             assert f"group {settings.log_group}" in text
             assert f"limit rate {settings.log_rate}/second burst {settings.log_burst} packets" in text
             assert "flags dynamic,timeout" in text
+
+
+def test_the_text_form_leaves_out_what_packets_put_in_the_limiters() -> None:
+    from guestward.enforce.enforcer import without_dynamic_elements
+
+    listing = ("table inet guestward {\n\tset lim4-20-20 {\n\t\ttype ipv4_addr\n\t\tsize 65536\n"
+               "\t\tflags dynamic,timeout\n\t\ttimeout 1m\n\t\telements = { 10.0.0.1 limit rate 20/second,\n"
+               "\t\t\t     10.0.0.2 limit rate 20/second }\n\t}\n\n\tset s-abc-4 {\n\t\ttype ipv4_addr\n"
+               "\t\telements = { 10.0.0.1, 10.0.0.2 }\n\t}\n\n\tchain c {\n\t}\n}\n")
+    got = without_dynamic_elements(listing)
+    assert "limit rate" not in got and "timeout 1m" in got
+    assert "\t\telements = { 10.0.0.1, 10.0.0.2 }\n" in got, "our own sets keep their elements"
+    assert got == listing.replace("\t\telements = { 10.0.0.1 limit rate 20/second,\n"
+                                  "\t\t\t     10.0.0.2 limit rate 20/second }\n", "")

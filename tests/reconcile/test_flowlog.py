@@ -149,8 +149,8 @@ def test_bridge_drops_are_logged_per_port_with_their_reason(topo: Topology, flow
         by_reason.setdefault(r.reason, []).append(r)
     spoofs = [r for r in by_reason.get("spoof", []) if r.src == "10.88.0.99"]  # type: ignore[attr-defined]
     assert spoofs, by_reason.keys()
-    assert {(r.guest, r.port, r.chain, r.direction) for r in spoofs} == {  # type: ignore[attr-defined]
-        ("a", topo.port("a"), "src-guard", "egress")}
+    assert {(r.guest, r.port, r.chain, r.direction, r.mac) for r in spoofs} == {  # type: ignore[attr-defined]
+        ("a", topo.port("a"), "src-guard", "egress", "52:54:00:88:00:01")}
     assert len(spoofs) <= BURST + RATE * 3
     unknowns = [r for r in by_reason.get("unknown-port", []) if r.port == topo.port("d")]  # type: ignore[attr-defined]
     assert unknowns and all(r.guest is None and r.chain == "prerouting" for r in unknowns)  # type: ignore[attr-defined]

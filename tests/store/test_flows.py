@@ -10,7 +10,7 @@ from guestward.store.sqlite import Store
 
 def rec(i: int, guest: str = "a", host: str = "hv1") -> FlowRecord:
     return FlowRecord(float(i), host, guest, "egress", "blocked", "deny", "eg-x", "application/p/r", "udp",
-                      "10.0.0.1", 1000 + i, "10.0.0.2", 9999, None, "vnet1", i % 3)
+                      "10.0.0.1", 1000 + i, "10.0.0.2", 9999, None, "vnet1", i % 3, f"52:54:00:00:00:{i:02x}")
 
 
 def test_records_round_trip_and_filter(tmp_path: Path) -> None:
@@ -50,3 +50,18 @@ def test_event_sums_for_metrics(tmp_path: Path) -> None:
     s.record("reconcile", "agent", ms=12.5)
     s.record("reconcile", "agent")
     assert s.event_values("reconcile", "ms") == [12.5]
+
+
+def test_a_store_from_before_the_mac_column_gains_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "g.db")
+    db.execute("CREATE TABLE flow (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, host TEXT NOT NULL, "
+               "guest TEXT, direction TEXT, verdict TEXT NOT NULL, reason TEXT NOT NULL, chain TEXT NOT NULL, "
+               "rule TEXT NOT NULL, proto TEXT, src TEXT, sport INTEGER, dst TEXT, dport INTEGER, tcpflags TEXT, "
+               "port TEXT, lost INTEGER NOT NULL DEFAULT 0)")
+    db.commit()
+    db.close()
+    s = Store(tmp_path / "g.db")
+    s.put_flows([rec(1)], keep=10)
+    assert s.flows(limit=1)[0][1].mac == "52:54:00:00:00:01"

@@ -55,9 +55,10 @@ def flow_line(r: FlowRecord) -> str:
     dst = f"{r.dst}:{r.dport}" if r.dport is not None else f"{r.dst}"
     flags = f" [{r.tcpflags}]" if r.tcpflags else ""
     lost = f" ({r.lost} lost before)" if r.lost else ""
+    mac = f" mac {r.mac}" if r.mac and r.reason == "spoof" else ""
     who = r.guest or f"port {r.port}" if r.port else (r.guest or "-")
     return (f"{when} {r.host} {r.verdict} {who} {r.direction or '-'} {r.proto or '-'} {src} -> {dst}{flags} "
-            f"{r.reason} {r.rule} ({r.chain}){lost}")
+            f"{r.reason} {r.rule} ({r.chain}){mac}{lost}")
 
 
 def register(app: typer.Typer) -> None:

@@ -37,7 +37,8 @@ BLOCKED = "blocked"
 class FlowRecord:
     """One logged packet. `verdict` is always "blocked" for now (only drops are logged); `rule` is the
     deciding rule's label (`tier/policy/rule`, `default deny`, or a guard's text); `port` the guest's
-    vNIC; `lost` the messages the kernel could not deliver to the reader just before this one."""
+    vNIC; `mac` the frame's source MAC; `lost` the messages the kernel could not deliver to the
+    reader just before this one."""
 
     at: float
     host: str
@@ -55,6 +56,7 @@ class FlowRecord:
     tcpflags: str | None = None
     port: str | None = None
     lost: int = 0
+    mac: str | None = None  # the frame's source MAC, when the kernel gave it (spoofing evidence)
 
     @property
     def tier_policy_rule(self) -> tuple[str, str, str] | None:
@@ -118,4 +120,4 @@ def to_flow(line: Mapping[str, Any], host: str, ports: Mapping[str, str],
         at=float(at) if isinstance(at, int | float) else 0.0, host=host, guest=guest, direction=direction,
         verdict=BLOCKED, reason=reason, chain=chain, rule=label, proto=_str(line.get("proto")), src=src,
         sport=_int(line.get("sport")), dst=dst, dport=_int(line.get("dport")), tcpflags=_str(line.get("tcpflags")),
-        port=port, lost=_int(line.get("lost")) or 0)
+        port=port, lost=_int(line.get("lost")) or 0, mac=_str(line.get("mac")))

@@ -72,12 +72,13 @@ CREATE TABLE IF NOT EXISTS flow (
     dport INTEGER,
     tcpflags TEXT,
     port TEXT,
-    lost INTEGER NOT NULL DEFAULT 0
+    lost INTEGER NOT NULL DEFAULT 0,
+    mac TEXT
 );
 CREATE INDEX IF NOT EXISTS flow_guest ON flow (guest, id);
 """
 FLOW_COLUMNS = ("at", "host", "guest", "direction", "verdict", "reason", "chain", "rule", "proto", "src", "sport",
-                "dst", "dport", "tcpflags", "port", "lost")
+                "dst", "dport", "tcpflags", "port", "lost", "mac")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ class Store:
         if columns and "stamp" not in columns:  # a snapshot of an earlier layout: a cache, rebuilt by a sync
             self._db.execute("DROP TABLE guest")
         self._db.executescript(SCHEMA)
+        if "mac" not in {r[1] for r in self._db.execute("PRAGMA table_info(flow)")}:  # an earlier layout
+            self._db.execute("ALTER TABLE flow ADD COLUMN mac TEXT")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
