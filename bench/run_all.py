@@ -1,7 +1,7 @@
 """Run every benchmark, one after the other (each cleans up after itself), and print their tables.
 
 Needs root (network namespaces, nft, libvirtd). About 10-15 minutes on a 2-core machine.
-Results: bench/results/{control_plane,data_plane,nwfilter,audit}.json, summarised in BENCHMARKS.md.
+Results: bench/results/{control_plane,data_plane,drop_log,nwfilter,audit}.json, summarised in BENCHMARKS.md.
 
 Usage: .venv/bin/python bench/run_all.py [--quick]
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from common import RESULTS, machine
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("control_plane", "data_plane", "nwfilter", "audit")
+BENCHMARKS = ("control_plane", "data_plane", "drop_log", "nwfilter", "audit")
 
 
 def main(argv: list[str] | None = None) -> int:

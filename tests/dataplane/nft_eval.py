@@ -120,7 +120,10 @@ def run_hook(o: NftObjects, family: str, base: str, p: Packet) -> tuple[str, Pac
             if "match" in e:
                 if not _match(e["match"], p, o, family):
                     break
-            elif "counter" in e:
+            elif "counter" in e or "log" in e:
+                continue
+            elif "set" in e:  # a limiter update: never over its rate here, and it never decides
+                assert e["set"]["op"] == "update" and e["set"]["set"].startswith("@lim"), e
                 continue
             elif "mangle" in e:
                 assert e["mangle"]["key"] == {"meta": {"key": "mark"}}

@@ -78,7 +78,7 @@ def apply(start: NftObjects, commands: list[dict[str, Any]]) -> NftObjects:
         if op == "add" and kind in ("set", "map"):
             t = spec["type"]
             s = NftSet(family, name, tuple(t) if isinstance(t, list) else (t,), spec.get("map"),
-                       tuple(spec.get("flags", ())))
+                       tuple(spec.get("flags", ())), spec.get("timeout"), spec.get("size"))
             if (family, name) in o.sets:
                 raise NftError(f"set {name} exists")
             o.add_set(s)
@@ -126,6 +126,8 @@ def apply(start: NftObjects, commands: list[dict[str, Any]]) -> NftObjects:
             target = o.elements.get((family, name))
             if target is None:
                 raise NftError(f"element of missing set {name}")
+            if o.sets[(family, name)].dynamic:
+                raise NftError(f"element of dynamic set {name}: the kernel's, not ours")
             for item in spec["elem"]:
                 if isinstance(target, dict):
                     k, v = item
@@ -182,7 +184,15 @@ def list_table(o: NftObjects, family: str) -> dict[str, Any]:
             body["map"] = s.map_to
         if s.flags:
             body["flags"] = list(s.flags)
+        if s.timeout is not None:
+            body["timeout"] = s.timeout
+        if s.size is not None:
+            body["size"] = s.size
         elems = o.elements[(f, s.name)]
+        if s.dynamic:  # what packets added, as the kernel lists it
+            elems = {"10.9.9.9"} if "ipv4_addr" in s.type else {"eth-x"}
+            body["elem"] = [{"elem": {"val": e, "timeout": 60, "expires": 59}} for e in elems]
+            elems = set()
         if elems:
             if isinstance(elems, dict):
                 body["elem"] = [[_elem_out(k), _verdict_out(v)] for k, v in sorted(elems.items(), key=str)]

@@ -197,3 +197,71 @@ def test_render_delta_replays_every_incremental_change(policies: list[Policy], o
                 replay_render(before.hosts[h], deltas[h], after.hosts[h])
             else:
                 assert render_plan(before.hosts[h]) == render_plan(after.hosts[h])
+
+
+# -- counters and the drop log ------------------------------------------------------------------------------
+
+def _statements(expr: tuple[Any, ...]) -> list[str]:
+    return [next(iter(e)) for e in expr if "match" not in e]
+
+
+def test_every_rule_is_counted_and_every_drop_is_logged_first_with_the_same_matches() -> None:
+    from guestward.dataplane.counters import drop_reason
+    from guestward.dataplane.render import PREFIX_MAX, parse_prefix
+
+    drops = 0
+    for plan in example_plans().values():
+        o = render_plan(plan)
+        for (family, name), c in o.chains.items():
+            for i, r in enumerate(c.rules):
+                assert "counter" in _statements(r.expr), (name, r.comment)
+                if _statements(r.expr)[-1:] != ["drop"]:
+                    continue
+                drops += 1
+                matches = [e for e in r.expr if "match" in e]
+                logs = []
+                j = i - 1
+                while j >= 0 and "log" in _statements(c.rules[j].expr):
+                    logs.append(c.rules[j])
+                    j -= 1
+                assert logs, f"drop {r.comment} in {name} is not logged"
+                for lr in logs:
+                    assert [e for e in lr.expr if "match" in e][:len(matches)] == matches
+                    assert _statements(lr.expr) == ["set", "counter", "log"]  # the limit, then count, then log
+                    prefix = next(e["log"] for e in lr.expr if "log" in e)["prefix"]
+                    assert len(prefix.encode()) <= PREFIX_MAX
+                    parsed = parse_prefix(prefix)
+                    assert parsed is not None and parsed[1] == name
+                    assert parsed[0] == drop_reason(family, name, r.comment.rsplit(" #", 1)[0])
+    assert drops >= 8
+
+
+def test_without_a_log_group_drops_are_counted_but_not_logged() -> None:
+    from guestward.dataplane import Settings
+
+    o = render_plan(example_plans()["hv1"], Settings(log_group=None))
+    assert not any("log" in _statements(r.expr) for c in o.chains.values() for r in c.rules)
+    assert not any(s.dynamic for s in o.sets.values()), "limiter sets come and go with the log rules"
+    assert all("counter" in _statements(r.expr) for c in o.chains.values() for r in c.rules)
+
+
+def test_log_prefixes_are_bounded_and_printable_whatever_the_names() -> None:
+    from guestward.dataplane.render import log_prefix, parse_prefix
+
+    p = log_prefix("deny", "eg-0123456789", "application/" + "p" * 200 + '/"quoted"\n')
+    assert len(p.encode()) == 127 and p.isprintable() and '"' not in p
+    assert parse_prefix(p) == ("deny", "eg-0123456789", p.split(" ", 3)[3])
+    assert parse_prefix("DROP r=6 ") is None and parse_prefix("gw nonsense x y") is None
+
+
+def test_the_limiter_sets_are_dynamic_and_never_diffed() -> None:
+    o = render_plan(example_plans()["hv1"])
+    limiters = [s for s in o.sets.values() if s.dynamic]
+    assert {(s.family, s.name) for s in limiters} == {(BR, "limport-20-20"), (INET, "lim4-20-20"), (INET, "lim6-20-20")}
+    from guestward.dataplane import Settings
+    other = render_plan(example_plans()["hv1"], Settings(log_rate=50))
+    assert {s.name for s in other.sets.values() if s.dynamic} == {"limport-50-20", "lim4-50-20", "lim6-50-20"}
+    listed = [nft_sim.list_table(o, BR), nft_sim.list_table(o, INET)]
+    assert any("elem" in i.get("set", {}) for d in listed for i in d["nftables"] if i.get("set", {}).get("timeout"))
+    from guestward.dataplane.readback import parse_tables
+    assert diff_objects(parse_tables(listed), o) == [], "kernel-added limiter elements are not drift"

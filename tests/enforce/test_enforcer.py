@@ -135,3 +135,35 @@ def test_tables_from_before_policy_drop_get_it_in_place(netns: str) -> None:
     text = nft(netns, "list", "ruleset")
     assert text.count("policy drop;") == 3 and text.count("policy accept;") == 2  # inet input, output
     assert Enforcer(runner).sync(plan).commands == 0
+
+
+def test_drop_logging_switched_on_and_off_in_place_converges(netns: str) -> None:
+    from guestward.dataplane import Settings
+
+    plan = plan_of([guest(1, "web"), guest(2, "db")])
+    for settings in (Settings(log_group=None), Settings(log_group=7), Settings(log_group=None),
+                     Settings(log_group=9, log_rate=1000, log_burst=7)):
+        enforcer = Enforcer(NftRunner(netns), settings)
+        assert enforcer.sync(plan).commands > 0
+        assert enforcer.sync(plan).commands == 0, "the read-back of what was applied needs no change"
+        text = "".join(enforcer.runner.run("nft", "list", "table", f, "guestward").stdout for f in ("bridge", "inet"))
+        if settings.log_group is None:
+            assert " log " not in text and "lim4" not in text
+        else:
+            assert f"group {settings.log_group}" in text
+            assert f"limit rate {settings.log_rate}/second burst {settings.log_burst} packets" in text
+            assert "flags dynamic,timeout" in text
+
+
+def test_the_text_form_leaves_out_what_packets_put_in_the_limiters() -> None:
+    from guestward.enforce.enforcer import without_dynamic_elements
+
+    listing = ("table inet guestward {\n\tset lim4-20-20 {\n\t\ttype ipv4_addr\n\t\tsize 65536\n"
+               "\t\tflags dynamic,timeout\n\t\ttimeout 1m\n\t\telements = { 10.0.0.1 limit rate 20/second,\n"
+               "\t\t\t     10.0.0.2 limit rate 20/second }\n\t}\n\n\tset s-abc-4 {\n\t\ttype ipv4_addr\n"
+               "\t\telements = { 10.0.0.1, 10.0.0.2 }\n\t}\n\n\tchain c {\n\t}\n}\n")
+    got = without_dynamic_elements(listing)
+    assert "limit rate" not in got and "timeout 1m" in got
+    assert "\t\telements = { 10.0.0.1, 10.0.0.2 }\n" in got, "our own sets keep their elements"
+    assert got == listing.replace("\t\telements = { 10.0.0.1 limit rate 20/second,\n"
+                                  "\t\t\t     10.0.0.2 limit rate 20/second }\n", "")

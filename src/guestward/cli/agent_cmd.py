@@ -25,17 +25,28 @@ def register(app: typer.Typer) -> None:
         drift_check: Annotated[float, typer.Option(help="seconds between drift checks (besides nft monitor)")] = 5.0,
         host: Annotated[list[str] | None, typer.Option("--host", help="enforce only this host's tables "
                                                        "(repeatable; default: every configured host)")] = None,
+        metrics: Annotated[str, typer.Option("--metrics", metavar="ADDR:PORT|off",
+                                             help="serve Prometheus metrics here")] = "127.0.0.1:9464",
+        flow_log: Annotated[bool, typer.Option("--flow-log/--no-flow-log",
+                                               help="read the drop log (NFLOG) into the store")] = True,
     ) -> None:
         """Follow libvirt's events on every configured host and keep enforcement right (runs until
         stopped; SIGTERM stops it cleanly and leaves every table as it is)."""
         from guestward.reconcile.agent import Agent
+        from guestward.reconcile.metrics import parse_listen
+
+        try:
+            listen = parse_listen(metrics)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         ctl = controller(config)
         unknown = [h for h in host or [] if h not in {x.name for x in ctl.config.hosts}]
         if unknown:
             raise fail(f"unknown host(s) {', '.join(unknown)} in {config_path(config)}")
-        a = Agent(ctl.config, resync_interval=resync, drift_interval=drift_check, only_hosts=host)
+        a = Agent(ctl.config, resync_interval=resync, drift_interval=drift_check, only_hosts=host, metrics=listen,
+                  flow_log=flow_log)
         signal.signal(signal.SIGTERM, lambda *_: a.stop())
         signal.signal(signal.SIGINT, lambda *_: a.stop())
         a.run()

@@ -14,6 +14,13 @@ guestward owns two tables per host and nothing else:
     that receiver's ingress chain (`ip daddr vmap @in4`), whichever way it came (a local vNIC, an
     uplink, or routed by the host); both must allow. output 0: the host's own packets to a local
     guest get the same ingress chain. Identity chains reference one set per selector.
+
+Every rule carries a counter (counters.py reads them back). Every drop rule is preceded by a log
+rule with the same matches: `update @lim4-R-B { ip saddr limit rate R/second burst B packets }
+counter log prefix "gw <reason> <chain> <label>" group N` (the limiter set is keyed on the guest's
+address in the inet table and on its vNIC port in the bridge table; render.py `_drop`). nflog.py
+parses what the kernel sends to a listener, flowlog.py turns it into flow records, nft_netlink.py
+parses the kernel's rule dumps for fast counter reads.
 """
 
 from guestward.dataplane.diff import diff_objects, replace_tables

@@ -50,6 +50,8 @@ def diff_objects(old: NftObjects, new: NftObjects, *, create_tables: bool = Fals
     deletes: list[dict[str, Any]] = []
     adds: list[dict[str, Any]] = []
     for key, s in new.sets.items():
+        if s.dynamic:
+            continue  # the kernel's elements (objects.py)
         want = new.elements.get(key, {} if s.map_to else set())
         have = old.elements.get(key, {} if s.map_to else set()) if key in old.sets else ({} if s.map_to else set())
         if isinstance(want, dict):

@@ -3,6 +3,10 @@
 Elements are kept in a canonical, hashable form (strings and tuples of strings; for maps, the key
 and the verdict text), so a desired state and a read-back of the kernel can be compared directly.
 Rules are compared by their comment, which carries a digest of the rule itself.
+
+A set with a timeout is dynamic: the kernel adds its elements (`update @set { key limit ... }`, the
+per-guest log limiters), so its elements are kernel state, never desired state: they are neither
+read back nor diffed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ class NftSet:
     type: tuple[str, ...]
     map_to: str | None = None  # "verdict" for verdict maps
     flags: tuple[str, ...] = ()
+    timeout: int | None = None  # seconds an element lives after its last update (dynamic sets)
+    size: int | None = None  # most elements the kernel will hold (dynamic sets: adds beyond it fail)
+
+    @property
+    def dynamic(self) -> bool:
+        """Its elements are the kernel's (added by packets), not ours."""
+        return "timeout" in self.flags
 
     def spec(self, table: str) -> dict[str, Any]:
         out: dict[str, Any] = {"family": self.family, "table": table, "name": self.name,
@@ -28,6 +39,10 @@ class NftSet:
             out["map"] = self.map_to
         if self.flags:
             out["flags"] = list(self.flags)
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
+        if self.size is not None:
+            out["size"] = self.size
         return out
 
 

@@ -40,10 +40,10 @@ def parse_tables(documents: list[dict[str, Any]], table: str = "guestward") -> N
             if kind in ("set", "map"):
                 t = body["type"]
                 s = NftSet(body["family"], body["name"], tuple(t) if isinstance(t, list) else (t,),
-                           body.get("map"), tuple(body.get("flags", ())))
+                           body.get("map"), tuple(body.get("flags", ())), body.get("timeout"), body.get("size"))
                 out.add_set(s)
                 target = out.elements[(s.family, s.name)]
-                for e in body.get("elem", []):
+                for e in body.get("elem", []) if not s.dynamic else ():
                     if isinstance(target, dict):
                         k, v = e if isinstance(e, list) else (e["elem"]["val"], None)
                         target[_key(k)] = _verdict(v)

@@ -20,10 +20,43 @@ ND_TYPES = ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]
 
 @dataclass(frozen=True)
 class Settings:
-    """Packet-mark bits guestward uses to carry "from/to a local vNIC" from the bridge to the inet hooks."""
+    """How the tables are rendered, beyond the plan.
+
+    `egress_mark`/`ingress_mark`: packet-mark bits that carry "from/to a local vNIC" from the bridge to
+    the inet hooks. `log_group`: the NFLOG group every drop is logged to (None: drops are counted, not
+    logged); `log_rate`/`log_burst`: logged drops per second per guest, keyed on the guest's address in
+    the inet table and on its vNIC in the bridge table, so one flooding guest cannot drown the others'
+    log lines (a drop over the rate is still dropped and counted, just not logged)."""
 
     egress_mark: int = 0x10000000
     ingress_mark: int = 0x20000000
+    log_group: int | None = 7
+    log_rate: int = 20
+    log_burst: int = 20
+
+
+# Why a packet was dropped: the first word after "gw" in every drop log prefix.
+DENY, DEFAULT_DENY, SPOOF = "deny", "default-deny", "spoof"
+UNKNOWN_PORT, NOT_FOR_VNIC, INVALID, NO_IDENTITY = "unknown-port", "not-for-vnic", "invalid", "no-identity"
+REASONS = (DENY, DEFAULT_DENY, SPOOF, UNKNOWN_PORT, NOT_FOR_VNIC, INVALID, NO_IDENTITY)
+LIMITER_KEYS = {BR: "port", 4: "4", 6: "6"}  # the dynamic sets that rate-limit logging, per key type
+LIMITER_TIMEOUT, LIMITER_SIZE = 60, 65536
+PREFIX_MAX = 127  # bytes: the kernel's NF_LOG_PREFIXLEN less the terminating NUL
+
+
+def log_prefix(reason: str, chain: str, label: str) -> str:
+    """`gw <reason> <chain> <label>`: printable ASCII without quotes, at most 127 bytes."""
+    text = f"gw {reason} {chain} {label}"
+    clean = "".join(c if 32 <= ord(c) < 127 and c not in "\\\"" else "?" for c in text)
+    return clean[:PREFIX_MAX]
+
+
+def parse_prefix(prefix: str) -> tuple[str, str, str] | None:
+    """(reason, chain, label) of a drop log prefix written by `log_prefix`, or None if it is not ours."""
+    parts = prefix.split(" ", 3)
+    if len(parts) < 3 or parts[0] != "gw" or parts[1] not in REASONS:
+        return None
+    return parts[1], parts[2], parts[3] if len(parts) == 4 else ""
 
 
 # -- expression helpers -------------------------------------------------------------------------------
@@ -85,8 +118,41 @@ def selector_set(digest: str, version: int) -> NftSet:
 
 # -- the fixed skeleton --------------------------------------------------------------------------------
 
+def limiter(settings: Settings, key: str | int) -> str:
+    """The limiter set's name. The kernel keeps each element's limit state with the rate it was created
+    with, so the rate is in the name: a new rate gets new sets (and fresh state), not stale elements."""
+    return f"lim{LIMITER_KEYS[key]}-{settings.log_rate}-{settings.log_burst}"
+
+
+def _drop(settings: Settings, reason: str, chain: str, label: str, matches: Iterable[Any],
+          keys: Iterable[tuple[Iterable[Any], str, Any]]) -> tuple[NftRule, ...]:
+    """A counted drop, preceded by the rules that log it: one per (extra matches, limiter set, key).
+
+    A `limit` over its rate ends its own rule, so it cannot sit in the drop rule: the log rule in front
+    carries the same matches, updates the guest's element of the limiter set, counts what it logs, and
+    logs; the drop rule after it drops everything it matches, logged or not."""
+    matches = list(matches)
+    rules: list[NftRule] = []
+    if settings.log_group is not None:
+        prefix = log_prefix(reason, chain, label)
+        limit = {"limit": {"rate": settings.log_rate, "burst": settings.log_burst, "per": "second"}}
+        for extra, limiter, key in keys:
+            update = {"set": {"op": "update", "elem": key, "set": "@" + limiter, "stmt": [limit]}}
+            rules.append(_rule(f"log: {label}", *matches, *extra, update, COUNTER,
+                               {"log": {"prefix": prefix, "group": settings.log_group}}))
+    return (*rules, _rule(label, *matches, COUNTER, {"drop": None}))
+
+
+def _by_address(settings: Settings, field: str, *extra: Any) -> list[tuple[list[Any], str, Any]]:
+    """Limiter keys on the guest's own address (`saddr` when it sends, `daddr` when it receives)."""
+    return [([*extra, _m(_meta("nfproto"), f"ipv{v}")], limiter(settings, v), _pl(fam, field))
+            for v, fam in ((4, "ip"), (6, "ip6"))]
+
+
 def skeleton(settings: Settings) -> NftObjects:
-    """Every object that does not depend on the plan: sets, maps and base chains."""
+    """Every object that does not depend on the plan: sets, maps and base chains.
+
+    Every rule carries a counter (`guestward stats` reads them); every drop is logged (`_drop`)."""
     eg, ing = settings.egress_mark, settings.ingress_mark
     o = NftObjects()
     o.add_set(NftSet(BR, "ports-in", ("ifname",), "verdict"))
@@ -98,58 +164,73 @@ def skeleton(settings: Settings) -> NftObjects:
     o.add_set(NftSet(BR, "dst6", ("ifname", "ipv6_addr")))
     for name, t in (("eg4", "ipv4_addr"), ("in4", "ipv4_addr"), ("eg6", "ipv6_addr"), ("in6", "ipv6_addr")):
         o.add_set(NftSet(INET, name, (t,), "verdict"))
+    # Only with logging on: nft marks a set dynamic (NFT_SET_EVAL) only when it is created in the same
+    # transaction as a rule that updates it, and the kernel refuses `update @set` on a set without it.
+    # So switching logging on creates the sets with their rules, and switching it off deletes them.
+    for family, key, t in ((BR, BR, "ifname"), (INET, 4, "ipv4_addr"), (INET, 6, "ipv6_addr")):
+        if settings.log_group is not None:
+            o.add_set(NftSet(family, limiter(settings, key), (t,), flags=("timeout",), timeout=LIMITER_TIMEOUT,
+                             size=LIMITER_SIZE))
 
     iif, oif, esrc = _meta("iifname"), _meta("oifname"), _pl("ether", "saddr")
     etype = _pl("ether", "type")
+    by_iif: list[tuple[list[Any], str, Any]] = [([], limiter(settings, BR), iif)]
+    by_oif: list[tuple[list[Any], str, Any]] = [([], limiter(settings, BR), oif)]
     o.add_chain(NftChain(BR, "prerouting", (
-        _rule("dispatch: vNIC -> src-guard, uplink -> accept", {"vmap": {"key": iif, "data": "@ports-in"}}),
-        _rule("unknown port: fail closed", COUNTER, {"drop": None}),
+        _rule("dispatch: vNIC -> src-guard, uplink -> accept", COUNTER, {"vmap": {"key": iif, "data": "@ports-in"}}),
+        *_drop(settings, UNKNOWN_PORT, "prerouting", "unknown port: fail closed", (), by_iif),
     ), hook="prerouting", priority=-300, policy="drop"))
     o.add_chain(NftChain(BR, "src-guard", (
-        _rule("spoof: MAC not bound to this vNIC", _m(_concat(iif, esrc), "@macs", "!="), COUNTER, {"drop": None}),
+        *_drop(settings, SPOOF, "src-guard", "spoof: MAC not bound to this vNIC",
+               [_m(_concat(iif, esrc), "@macs", "!=")], by_iif),
         _rule("arp: sender bound to this vNIC", _m(etype, "arp"),
-              _m(_concat(iif, _pl("arp", "saddr ether"), _pl("arp", "saddr ip")), "@bind4"), {"accept": None}),
-        _rule("spoof: arp", _m(etype, "arp"), COUNTER, {"drop": None}),
+              _m(_concat(iif, _pl("arp", "saddr ether"), _pl("arp", "saddr ip")), "@bind4"), COUNTER,
+              {"accept": None}),
+        *_drop(settings, SPOOF, "src-guard", "spoof: arp", [_m(etype, "arp")], by_iif),
         _rule("ipv4: source bound to this vNIC", _m(etype, "ip"),
-              _m(_concat(iif, esrc, _pl("ip", "saddr")), "@bind4"), _mark_or(eg), {"accept": None}),
+              _m(_concat(iif, esrc, _pl("ip", "saddr")), "@bind4"), _mark_or(eg), COUNTER, {"accept": None}),
         _rule("ipv6: source bound to this vNIC", _m(etype, "ip6"),
-              _m(_concat(iif, esrc, _pl("ip6", "saddr")), "@bind6"), _mark_or(eg), {"accept": None}),
+              _m(_concat(iif, esrc, _pl("ip6", "saddr")), "@bind6"), _mark_or(eg), COUNTER, {"accept": None}),
         _rule("ipv6 nd: link-local solicitations and adverts", _m(etype, "ip6"),
               _m(_pl("ip6", "saddr"), {"set": [{"prefix": {"addr": "fe80::", "len": 10}}, "::"]}),
-              _m(_pl("icmpv6", "type"), {"set": ND_TYPES[:2]}), {"accept": None}),
-        _rule("spoof: source address not bound, or not ip/arp", COUNTER, {"drop": None}),
+              _m(_pl("icmpv6", "type"), {"set": ND_TYPES[:2]}), COUNTER, {"accept": None}),
+        *_drop(settings, SPOOF, "src-guard", "spoof: source address not bound, or not ip/arp", (), by_iif),
     )))
     o.add_chain(NftChain(BR, "forward", (
-        _rule("dispatch: vNIC -> dst-guard, uplink -> accept", {"vmap": {"key": oif, "data": "@ports-out"}}),
-        _rule("unknown port: fail closed", COUNTER, {"drop": None}),
+        _rule("dispatch: vNIC -> dst-guard, uplink -> accept", COUNTER, {"vmap": {"key": oif, "data": "@ports-out"}}),
+        *_drop(settings, UNKNOWN_PORT, "forward", "unknown port: fail closed", (), by_oif),
     ), hook="forward", priority=-200, policy="drop"))
     o.add_chain(NftChain(BR, "dst-guard", (
-        _rule("arp to a vNIC", _m(etype, "arp"), {"accept": None}),
+        _rule("arp to a vNIC", _m(etype, "arp"), COUNTER, {"accept": None}),
         _rule("ipv4 to an address of this vNIC", _m(etype, "ip"),
-              _m(_concat(oif, _pl("ip", "daddr")), "@dst4"), _mark_or(ing), {"accept": None}),
+              _m(_concat(oif, _pl("ip", "daddr")), "@dst4"), _mark_or(ing), COUNTER, {"accept": None}),
         _rule("ipv6 to an address of this vNIC", _m(etype, "ip6"),
-              _m(_concat(oif, _pl("ip6", "daddr")), "@dst6"), _mark_or(ing), {"accept": None}),
-        _rule("ipv6 nd to a vNIC", _m(etype, "ip6"), _m(_pl("icmpv6", "type"), {"set": ND_TYPES}),
+              _m(_concat(oif, _pl("ip6", "daddr")), "@dst6"), _mark_or(ing), COUNTER, {"accept": None}),
+        _rule("ipv6 nd to a vNIC", _m(etype, "ip6"), _m(_pl("icmpv6", "type"), {"set": ND_TYPES}), COUNTER,
               {"accept": None}),
-        _rule("not for this vNIC's addresses", COUNTER, {"drop": None}),
+        *_drop(settings, NOT_FOR_VNIC, "dst-guard", "not for this vNIC's addresses", (), by_oif),
     )))
 
     established = _m({"ct": {"key": "state"}}, ["established", "related"], "in")
 
     def egress_dispatch(hook: str) -> tuple[NftRule, ...]:
         return (
-            _rule(f"{hook}: replies and related", established, {"accept": None}),
-            _rule(f"{hook}: invalid, from or to a local vNIC", _m({"&": [_meta("mark"), eg | ing]}, 0, "!="),
-                  _m({"ct": {"key": "state"}}, "invalid", "in"), COUNTER, {"drop": None}),
+            _rule(f"{hook}: replies and related", established, COUNTER, {"accept": None}),
+            # From a local vNIC the sender is the guest; else (only "to a local vNIC") the receiver is.
+            *_drop(settings, INVALID, hook, f"{hook}: invalid, from or to a local vNIC",
+                   [_m({"&": [_meta("mark"), eg | ing]}, 0, "!="), _m({"ct": {"key": "state"}}, "invalid", "in")],
+                   [*_by_address(settings, "saddr", _mark_has(eg)),
+                    *_by_address(settings, "daddr", _mark_has(eg, False))]),
             _rule(f"{hook}: ipv6 neighbour discovery (link scope; sources checked at the bridge)",
-                  _m(_meta("l4proto"), "ipv6-icmp"), _m(_pl("icmpv6", "type"), {"set": ND_TYPES}),
+                  _m(_meta("l4proto"), "ipv6-icmp"), _m(_pl("icmpv6", "type"), {"set": ND_TYPES}), COUNTER,
                   {"accept": None}),
             _rule(f"{hook}: egress of the sender's identity (v4)", _mark_has(eg), _m(_meta("nfproto"), "ipv4"),
-                  {"vmap": {"key": _pl("ip", "saddr"), "data": "@eg4"}}),
+                  COUNTER, {"vmap": {"key": _pl("ip", "saddr"), "data": "@eg4"}}),
             _rule(f"{hook}: egress of the sender's identity (v6)", _mark_has(eg), _m(_meta("nfproto"), "ipv6"),
-                  {"vmap": {"key": _pl("ip6", "saddr"), "data": "@eg6"}}),
-            _rule(f"{hook}: sender without identity: fail closed", _mark_has(eg), COUNTER, {"drop": None}),
-            _rule(f"{hook}: to ingress", {"goto": {"target": "ingress"}}),
+                  COUNTER, {"vmap": {"key": _pl("ip6", "saddr"), "data": "@eg6"}}),
+            *_drop(settings, NO_IDENTITY, hook, f"{hook}: sender without identity: fail closed", [_mark_has(eg)],
+                   _by_address(settings, "saddr")),
+            _rule(f"{hook}: to ingress", COUNTER, {"goto": {"target": "ingress"}}),
         )
 
     # Every path through these chains ends in an explicit verdict, so a base chain's policy only acts
@@ -160,16 +241,17 @@ def skeleton(settings: Settings) -> NftObjects:
     # The host's own packets (and everything it routes, in forward) to a local guest's address get the
     # receiver's ingress policy too: the address, not the bridge port, names the receiver here.
     o.add_chain(NftChain(INET, "output", (
-        _rule("output: replies and related", established, {"accept": None}),
-        _rule("output: to ingress", {"goto": {"target": "ingress"}}),
+        _rule("output: replies and related", established, COUNTER, {"accept": None}),
+        _rule("output: to ingress", COUNTER, {"goto": {"target": "ingress"}}),
     ), hook="output", priority=0))
     o.add_chain(NftChain(INET, "ingress", (
-        _rule("ingress of the receiver's identity (v4)", _m(_meta("nfproto"), "ipv4"),
+        _rule("ingress of the receiver's identity (v4)", _m(_meta("nfproto"), "ipv4"), COUNTER,
               {"vmap": {"key": _pl("ip", "daddr"), "data": "@in4"}}),
-        _rule("ingress of the receiver's identity (v6)", _m(_meta("nfproto"), "ipv6"),
+        _rule("ingress of the receiver's identity (v6)", _m(_meta("nfproto"), "ipv6"), COUNTER,
               {"vmap": {"key": _pl("ip6", "daddr"), "data": "@in6"}}),
-        _rule("to a local vNIC, receiver without identity: fail closed", _mark_has(ing), COUNTER, {"drop": None}),
-        _rule("not to a local guest", {"accept": None}),
+        *_drop(settings, NO_IDENTITY, "ingress", "to a local vNIC, receiver without identity: fail closed",
+               [_mark_has(ing)], _by_address(settings, "daddr")),
+        _rule("not to a local guest", COUNTER, {"accept": None}),
     )))
     return o
 
@@ -246,8 +328,13 @@ def chain_object(chain: ChainPlan, settings: Settings) -> NftChain:
             if m.peer_set is not None:
                 base.append(_m(_pl(family, other), "@" + set_name(m.peer_set, version)))
             for ports in _port_matches(pr, version):
-                rules.append(_rule(label, *base, *ports, COUNTER, _verdict(verdict)))
-    rules.append(_rule("default deny", COUNTER, {"drop": None}))
+                if verdict == "drop":
+                    keys: list[tuple[list[Any], str, Any]] = [([], limiter(settings, version), _pl(family, own))]
+                    rules += _drop(settings, DENY, chain.name, label, [*base, *ports], keys)
+                else:
+                    rules.append(_rule(label, *base, *ports, COUNTER, _verdict(verdict)))
+    rules += _drop(settings, DEFAULT_DENY, chain.name, "default deny", (),
+                   _by_address(settings, "saddr" if egress else "daddr"))
     return NftChain(INET, chain.name, tuple(rules))
 
 

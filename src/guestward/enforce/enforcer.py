@@ -83,20 +83,52 @@ class NftRunner:
         proc = subprocess.run(self._argv("-j", "list", "table", family, TABLE), capture_output=True,
                               text=True, check=False)
         if proc.returncode != 0:
-            if "No such file or directory" in proc.stderr:
+            # nft's own "no such table"; not nsenter's (a missing namespace is an error, not an empty host)
+            if proc.stderr.startswith("Error: No such file or directory"):
                 return None
             raise EnforceError(f"nft list table {family} {TABLE} failed: {proc.stderr.strip()}")
         return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
     def text(self) -> str:
-        """Our tables in nft's text form, without counter values (`-s`): what is enforced, not what
+        """Our tables in nft's text form, without counter values (`-s`) and without the elements of
+        dynamic sets (the per-guest log limiters, which packets fill): what is enforced, not what
         traffic did, so two reads compare byte for byte when nothing was changed."""
         out = []
         for family in FAMILIES:
             proc = subprocess.run(self._argv("-s", "list", "table", family, TABLE), capture_output=True, text=True,
                                   check=False)
-            out.append(proc.stdout if proc.returncode == 0 else "")
+            out.append(without_dynamic_elements(proc.stdout) if proc.returncode == 0 else "")
         return "".join(out)
+
+
+def without_dynamic_elements(text: str) -> str:
+    """nft's listing with the `elements = { ... }` of every set flagged dynamic left out."""
+    out: list[str] = []
+    block: list[str] | None = None  # the lines of the set being read
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if block is None:
+            if stripped.startswith("set ") and stripped.endswith("{"):
+                block = [line]
+            else:
+                out.append(line)
+            continue
+        block.append(line)
+        if stripped == "}":
+            if any(x.strip().startswith("flags ") and "dynamic" in x for x in block):
+                kept, skipping = [], False
+                for x in block:
+                    if x.strip().startswith("elements = {"):
+                        skipping = True
+                    if not skipping:
+                        kept.append(x)
+                    elif x.rstrip().endswith("}"):
+                        skipping = False
+                block = kept
+            out.extend(block)
+            block = None
+    out.extend(block or [])
+    return "".join(out)
 
 
 @dataclass

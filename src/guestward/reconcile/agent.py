@@ -14,15 +14,17 @@ and the repair whenever the guard declined). A check every `drift_interval` seco
 up. Every repair is recorded as a `drift` event: who (pid and process name from nft's generation
 line), what changed (the monitor's lines, counted by kind), and how long detection and repair took.
 
+Drops: each host's NFLOG reader feeds the drop log (reconcile/flowlog.py) when `drop_log.group` is
+set; the metrics endpoint (reconcile/metrics.py) reads counters and the store at scrape time. Neither
+can stop enforcement: a reader that dies is restarted, a metrics port that cannot be bound is logged.
+
 Restarting the agent never flushes anything: it starts with a sync, which only diffs.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
-import signal
 import subprocess
 import threading
 import time
@@ -33,8 +35,11 @@ from guestward.dataplane.monitor import Change, MonitorParser
 from guestward.enforce import NftRunner
 from guestward.hypervisor.events import EventSource
 from guestward.reconcile import migration
+from guestward.reconcile.children import die_with_parent
 from guestward.reconcile.controller import Controller
 from guestward.reconcile.drift import OURS, DriftGuard, Outcome
+from guestward.reconcile.flowlog import FlowLog
+from guestward.reconcile.metrics import GuestwardCollector, serve
 from guestward.store.config import Config
 
 log = logging.getLogger(__name__)
@@ -43,20 +48,12 @@ log = logging.getLogger(__name__)
 MIGRATED_HERE = "resumed/1"
 
 
-_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: no dlopen in a forked child
-
-
 def _read_lines(proc: subprocess.Popen[str], out: queue.SimpleQueue[tuple[str, float] | None]) -> None:
     """Every line of `proc`'s output with its arrival time, then None (end of output)."""
     assert proc.stdout is not None
     for line in proc.stdout:
         out.put((line, time.monotonic()))
     out.put(None)
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the agent dies, however it dies (prctl PR_SET_PDEATHSIG)."""
-    _LIBC.prctl(1, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -78,9 +75,16 @@ class _Pending:
 
 class Agent:
     def __init__(self, config: Config, resync_interval: float = 30.0, drift_interval: float = 5.0,
-                 only_hosts: list[str] | None = None) -> None:
+                 only_hosts: list[str] | None = None, metrics: tuple[str, int] | None = None,
+                 flow_log: bool = True) -> None:
         self.config = config
         self.controller = Controller(config, only_hosts or ())
+        runners = {h: NftRunner(config.host(h).netns) for h in sorted(self.controller.local_hosts)}
+        group = config.drop_log.group
+        self.flowlog = (FlowLog(runners, self.controller.store.path, group, keep=config.drop_log.keep)
+                        if flow_log and group is not None else None)
+        self.metrics = metrics
+        self.collector = GuestwardCollector(runners, self.controller.store.path, self.flowlog)
         self.resync_interval = resync_interval
         self.drift_interval = drift_interval
         self._cond = threading.Condition()
@@ -133,7 +137,7 @@ class Agent:
         argv = NftRunner(self.config.host(host).netns).command("nft", "monitor")
         while not self._stop.is_set():
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=die_with_parent)
             self._monitors[host] = proc
             parser = MonitorParser()
             # Lines are read (and stamped) by their own thread, so nft never waits on a full pipe while
@@ -160,6 +164,14 @@ class Agent:
 
     def run(self) -> None:
         self._record("agent", "start", hosts=sorted(self.controller.local_hosts))
+        if self.flowlog is not None:
+            self.flowlog.start()
+        if self.metrics is not None:
+            try:
+                serve(self.collector, self.metrics)
+                log.info("metrics on http://%s:%d/metrics", *self.metrics)
+            except OSError as exc:
+                log.warning("metrics: cannot listen on %s:%d: %s (enforcement goes on)", *self.metrics, exc)
         for h in sorted(self.controller.local_hosts):
             threading.Thread(target=self._watch_nft, args=(h,), daemon=True, name=f"nft-{h}").start()
         events = EventSource([h.host() for h in self.config.hosts], self.on_event)
@@ -204,6 +216,8 @@ class Agent:
                         self._cond.wait(max(0.0, retry_at - time.monotonic()))
         finally:
             events.close()
+            if self.flowlog is not None:
+                self.flowlog.stop()
             self._record("agent", "stop")
 
     def _reconcile(self, pending: _Pending) -> None:

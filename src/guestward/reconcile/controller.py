@@ -117,7 +117,7 @@ class Controller:
         return compile_state(self.inventory(starting), self.policies() if policies is None else policies)
 
     def enforcer(self, host: str) -> Enforcer:
-        return Enforcer(NftRunner(self.config.host(host).netns))
+        return Enforcer(NftRunner(self.config.host(host).netns), self.config.settings())
 
     # -- changing --------------------------------------------------------------------------------
 

@@ -79,7 +79,8 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
     if op not in BIND_OPS | UNBIND_OPS:
         return 0
     start = time.monotonic()
-    enforcer = Enforcer(runner or NftRunner(None))  # libvirtd runs us inside this host's network namespace
+    # libvirtd runs us inside this host's network namespace
+    enforcer = Enforcer(runner or NftRunner(None), config.settings())
     name = "?"
     store: Store | None = None
     try:

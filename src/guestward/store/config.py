@@ -9,6 +9,11 @@ hosts:
     uri: qemu:///system
     netns: null          # network namespace where this host's bridges live (null: this one)
     uplinks: [eno1]      # bridge ports to other hosts / the outside; every other port is a guest port
+drop_log:              # optional: every dropped packet is logged to NFLOG, rate-limited per guest
+  group: 7             # the NFLOG group (null: drops are only counted)
+  rate: 20             # logged drops per second per guest (vNIC); drops above it are counted, not logged
+  burst: 20
+  keep: 100000         # flow records kept in the store (the oldest go first)
 ```
 """
 
@@ -20,6 +25,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from guestward.dataplane import Settings
 from guestward.model import Host
 
 LAB_DIR = Path(os.environ.get("GUESTWARD_LAB_DIR", "/var/lib/guestward/lab"))
@@ -37,10 +43,24 @@ class HostConfig(BaseModel):
         return Host(self.name, self.uri, tuple(self.uplinks))
 
 
+class DropLogConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    group: int | None = Field(7, ge=0, le=65535)
+    rate: int = Field(20, ge=1, le=1_000_000)
+    burst: int = Field(20, ge=1, le=1_000_000)
+    keep: int = Field(100_000, ge=100)
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     state_dir: Path = Path("/var/lib/guestward")
     hosts: list[HostConfig] = Field(default_factory=list)
+    drop_log: DropLogConfig = Field(default_factory=DropLogConfig)
+
+    def settings(self) -> Settings:
+        """How every process renders the tables: the CLI, the agent and the hook must agree, or they
+        would rewrite each other's rules."""
+        return Settings(log_group=self.drop_log.group, log_rate=self.drop_log.rate, log_burst=self.drop_log.burst)
 
     def host(self, name: str) -> HostConfig:
         for h in self.hosts:

@@ -1,5 +1,6 @@
 """The embedded store: policies (by name, with their source text), the last enforced inventory (what
-the libvirt hook compiles from while the agent is down), an event log.
+the libvirt hook compiles from while the agent is down), an event log, the drop log (flow records;
+bounded: the oldest beyond a cap are pruned in the same transaction that adds new ones).
 
 Every write is one SQLite transaction: a policy change is stored whole or not at all.
 """
@@ -16,6 +17,7 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
+from guestward.dataplane.flowlog import FlowRecord
 from guestward.model import Guest, Interface, Labels
 
 SCHEMA = """
@@ -52,7 +54,31 @@ CREATE TABLE IF NOT EXISTS inspection (
     report TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS inspection_subject ON inspection (subject, id);
+CREATE INDEX IF NOT EXISTS event_kind ON event (kind, id);
+CREATE TABLE IF NOT EXISTS flow (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    host TEXT NOT NULL,
+    guest TEXT,
+    direction TEXT,
+    verdict TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    chain TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    proto TEXT,
+    src TEXT,
+    sport INTEGER,
+    dst TEXT,
+    dport INTEGER,
+    tcpflags TEXT,
+    port TEXT,
+    lost INTEGER NOT NULL DEFAULT 0,
+    mac TEXT
+);
+CREATE INDEX IF NOT EXISTS flow_guest ON flow (guest, id);
 """
+FLOW_COLUMNS = ("at", "host", "guest", "direction", "verdict", "reason", "chain", "rule", "proto", "src", "sport",
+                "dst", "dport", "tcpflags", "port", "lost", "mac")
 
 
 @dataclass(frozen=True)
@@ -77,6 +103,8 @@ class Store:
         if columns and "stamp" not in columns:  # a snapshot of an earlier layout: a cache, rebuilt by a sync
             self._db.execute("DROP TABLE guest")
         self._db.executescript(SCHEMA)
+        if "mac" not in {r[1] for r in self._db.execute("PRAGMA table_info(flow)")}:  # an earlier layout
+            self._db.execute("ALTER TABLE flow ADD COLUMN mac TEXT")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -175,6 +203,46 @@ class Store:
             args = (since, kind)
         rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [{"at": r[0], "kind": r[1], "subject": r[2], **json.loads(r[3])} for r in rows]
+
+    # -- the drop log ----------------------------------------------------------------------------
+
+    def put_flows(self, records: list[FlowRecord], keep: int) -> None:
+        """Add flow records and prune the oldest beyond the newest `keep`, in one transaction."""
+        if not records:
+            return
+        with self._tx() as db:
+            columns, marks = ", ".join(FLOW_COLUMNS), ", ".join("?" * len(FLOW_COLUMNS))
+            db.executemany(f"INSERT INTO flow ({columns}) VALUES ({marks})",
+                           [tuple(getattr(r, c) for c in FLOW_COLUMNS) for r in records])
+            db.execute("DELETE FROM flow WHERE id <= (SELECT MAX(id) FROM flow) - ?", (keep,))
+
+    def flows(self, *, guest: str | None = None, host: str | None = None, verdict: str | None = None,
+              after_id: int = 0, limit: int = 100) -> list[tuple[int, FlowRecord]]:
+        """(id, record) of the newest `limit` flow records matching (after `after_id`), oldest first."""
+        q, args = "SELECT id, " + ", ".join(FLOW_COLUMNS) + " FROM flow WHERE id > ?", [after_id]
+        for column, value in (("guest", guest), ("host", host), ("verdict", verdict)):
+            if value is not None:
+                q += f" AND {column} = ?"
+                args.append(value)
+        rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [(r[0], FlowRecord(*r[1:])) for r in reversed(rows)]
+
+    def event_counts(self, kind: str, field: str | None = None) -> dict[str, float]:
+        """Per subject: how many events of `kind` (or the sum of their numeric detail `field`)."""
+        if field is None:
+            q = "SELECT subject, COUNT(*) FROM event WHERE kind = ? GROUP BY subject"
+            rows = self._db.execute(q, (kind,)).fetchall()
+        else:
+            q = ("SELECT subject, TOTAL(CAST(json_extract(detail, ?) AS REAL)) FROM event WHERE kind = ? "
+                 "GROUP BY subject")
+            rows = self._db.execute(q, (f"$.{field}", kind)).fetchall()
+        return {r[0]: float(r[1]) for r in rows}
+
+    def event_values(self, kind: str, field: str, since: float = 0.0) -> list[float]:
+        """The numeric detail `field` of every event of `kind` since `since` (missing ones left out)."""
+        q = ("SELECT CAST(json_extract(detail, ?) AS REAL) FROM event WHERE kind = ? AND at >= ? "
+             "AND json_extract(detail, ?) IS NOT NULL")
+        return [float(r[0]) for r in self._db.execute(q, (f"$.{field}", kind, since, f"$.{field}"))]
 
     def put_inspection(self, subject: str, at: float, report: dict[str, Any]) -> int:
         """Keep one inspection report of `subject` (a guest as `host/name`, or an image's path)."""

@@ -1,0 +1,55 @@
+"""The drop log on the real lab: a probe the policy blocks shows up in `guestward flows` with the rule
+that blocked it, `guestward stats` counts it, and the agent's metrics endpoint reports it."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from guestward.lab.lab import Lab
+from tests.conftest import guestward
+
+pytestmark = pytest.mark.lab
+
+RULE = "platform/platform-guards/no-dev-to-db"  # web2 is env=dev, db1 is zone=db
+
+
+def blocked_records(guest: str, dport: int, dst: str, timeout: float = 20.0) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = guestward("flows", "--guest", guest, "--verdict", "blocked", "--json", "--limit", "500")
+        assert r.returncode == 0, r.stderr
+        hits = [x for x in map(json.loads, r.stdout.splitlines()) if x["dport"] == dport and x["dst"] == dst]
+        if hits or time.monotonic() > deadline:
+            return hits
+        time.sleep(0.5)
+
+
+def test_a_blocked_probe_is_in_the_drop_log_with_its_rule(lab: Lab) -> None:
+    probe = guestward("lab", "probe", "web2", "db1", "tcp/5432")
+    assert probe.returncode == 1, probe.stdout + probe.stderr
+    hits = blocked_records("web2", 5432, "10.77.0.13")
+    assert hits, "the blocked probe is not in the drop log"
+    h = hits[-1]
+    assert (h["host"], h["guest"], h["reason"], h["rule"], h["direction"], h["proto"], h["src"]) == (
+        "hv2", "web2", "deny", RULE, "egress", "tcp", "10.77.0.12")
+    assert (h["tier"], h["policy"], h["rule_name"]) == ("platform", "platform-guards", "no-dev-to-db")
+    assert "S" in str(h["tcpflags"])
+    text = guestward("flows", "--guest", "web2", "--verdict", "blocked")
+    assert RULE in text.stdout and "web2 egress tcp 10.77.0.12:" in text.stdout
+
+    # An allowed probe leaves no record.
+    assert guestward("lab", "probe", "web1", "db1", "tcp/5432").returncode == 0
+    time.sleep(2)
+    assert not blocked_records("web1", 5432, "10.77.0.13", timeout=0)
+
+    stats = json.loads(guestward("stats", "--guest", "web2", "--json").stdout)
+    rows = [c for c in stats["hv2"]["counters"] if c["rule"] == RULE and c["direction"] == "egress"]
+    assert rows and sum(int(c["packets"]) for c in rows) >= 1 and sum(int(c["logged"]) for c in rows) >= 1
+
+    body = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=30).read().decode()
+    assert 'guestward_dropped_packets_total{host="hv2",reason="deny"}' in body
+    assert 'guestward_guests{host="hv1"} 3.0' in body and 'guestward_guests{host="hv2"} 3.0' in body
