@@ -4,6 +4,7 @@ that blocked it, `guestward stats` counts it, and the agent's metrics endpoint r
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 
@@ -53,3 +54,39 @@ def test_a_blocked_probe_is_in_the_drop_log_with_its_rule(lab: Lab) -> None:
     body = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=30).read().decode()
     assert 'guestward_dropped_packets_total{host="hv2",reason="deny"}' in body
     assert 'guestward_guests{host="hv1"} 3.0' in body and 'guestward_guests{host="hv2"} 3.0' in body
+
+
+def test_a_flood_is_logged_within_the_per_guest_limit_and_the_host_s_other_traffic_flows(lab: Lab) -> None:
+    """web2 floods db1's udp/5432 (forbidden by no-dev-to-db) at full speed for 8 s, on the host where
+    db1 and dns1 live. The drop log names the flow and the rule, at no more than the configured rate
+    (20/s per guest, burst 20) while the kernel counts every dropped packet; a TCP stream from web1 to
+    db1 (allowed) keeps flowing through the flood."""
+    since = time.time()
+    stream = "gw-net stream 10.77.0.13 5432 14 >/tmp/flood-stream.s 2>&1 &"
+    assert lab.exec("web1", [stream]).status == 0
+    before = _rule_packets("web2")
+    time.sleep(1)
+    flood = lab.exec("web2", ["gw-net flood udp 10.77.0.13 5432 8"], timeout=120).output
+    m = re.search(r"flood sent=(\d+) ms=(\d+)", flood)
+    assert m, flood
+    sent, ms = int(m.group(1)), int(m.group(2))
+    time.sleep(6)  # the stream ends (14 s in all)
+    out = lab.exec("web1", ["cat /tmp/flood-stream.s"]).output
+    s = re.search(r"stream sent=(\d+) echoed=(\d+) max_gap_ms=(\d+)", out)
+    assert s, f"the allowed stream broke during the flood: {out}"
+    assert int(s.group(2)) >= int(s.group(1)) - 2 and int(s.group(3)) < 1000, out
+
+    dropped = _rule_packets("web2") - before
+    records = [r for r in blocked_records("web2", 5432, "10.77.0.13")
+               if r["proto"] == "udp" and float(str(r["at"])) >= since]
+    assert records and all(r["rule"] == RULE and r["guest"] == "web2" for r in records), records[:3]
+    limit = 20 * (ms / 1000 + 1) + 20  # rate over the flood (plus a second of slack), plus the burst
+    assert len(records) <= limit, f"{len(records)} drops logged in {ms} ms (limit {limit:.0f})"
+    assert dropped > 10 * len(records), f"the flood was not a flood: {dropped} dropped, {sent} sent"
+    print(f"flood: {sent} sent in {ms} ms, {dropped} dropped by {RULE}, {len(records)} logged; stream {s.group(0)}")
+
+
+def _rule_packets(guest: str) -> int:
+    stats = json.loads(guestward("stats", "--guest", guest, "--json").stdout)
+    return sum(int(c["packets"]) for h in stats.values() for c in h["counters"]
+               if c["rule"] == RULE and c["direction"] == "egress")
