@@ -184,6 +184,13 @@ def main() -> None:
     binary = work / "udpflood"
     (work / "udpflood.c").write_text(FLOOD_C)
     sh("gcc", "-O2", "-o", str(binary), str(work / "udpflood.c"))
+    try:
+        run(args, work, binary)
+    finally:
+        sh("rm", "-rf", str(work))  # the scratch directory goes whatever happened
+
+
+def run(args: argparse.Namespace, work: Path, binary: Path) -> None:
     tb = make_testbed("dl", A, B)
     runner = NftRunner(tb.host)
     guests = [guest("a", "a", A), guest("b", "b", B)]
@@ -242,7 +249,6 @@ def main() -> None:
                   r["read_ms"]["min"], r["read_ms"]["max"], r["read_json_ms"]["median"], r["aggregate_ms"])
                  for r in results["readback"]]))
     print(write_result("drop_log", results))
-    sh("rm", "-rf", str(work))
 
 
 if __name__ == "__main__":
