@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import subprocess
 import threading
 import time
@@ -166,16 +165,9 @@ class Enforcer:
     def forget_connections(self, addresses: list[str]) -> int:
         """Delete the conntrack entries from or to these addresses, so their connections are judged
         again by the policy now in force (used when a guest is quarantined). Returns how many went."""
-        deleted = 0
-        for addr in addresses:
-            for flag in ("-s", "-d"):
-                proc = self.runner.run("conntrack", "-D", flag, addr)
-                m = re.search(r"(\d+) flow entries have been deleted", proc.stderr)
-                if m:
-                    deleted += int(m.group(1))
-                elif proc.returncode != 0:
-                    raise EnforceError(f"conntrack -D {flag} {addr}: {proc.stderr.strip()}")
-        return deleted
+        from guestward.enforce.conntrack import Conntrack  # it builds on this module
+
+        return Conntrack(self.runner).delete(addresses)
 
     def sync(self, plan: HostPlan) -> ApplyResult:
         """Make the kernel hold exactly `plan` in our tables (a full diff against a read-back)."""
