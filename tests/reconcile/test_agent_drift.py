@@ -56,3 +56,17 @@ def test_every_change_gets_its_event_and_unexplained_differences_one_more(tmp_pa
     quiet = agent(tmp_path / "q", 0)
     quiet._repair("h1", [Drift("unknown (periodic check)")])
     assert drift_events(quiet) == []
+
+
+def test_a_declined_change_that_the_agent_s_own_sync_undid_is_still_drift(tmp_path: Path) -> None:
+    # The attack landed while this agent's sync held the lock (so the guard declined); the sync's diff
+    # put the tables back, and the full repair after it found nothing left to do.
+    a = agent(tmp_path, 0)
+    a._changed_by_sync["h1"] = 1.5  # after the change was seen (first_seen 1.0)
+    a._repair("h1", [Drift("pid 47 (nft)", change(47), Outcome(False, "enforcement lock busy"))])
+    (e,) = drift_events(a)
+    assert (e["pid"], e["path"], e["commands"]) == (47, "sync", 0)
+    before = agent(tmp_path / "b", 0)
+    before._changed_by_sync["h1"] = 0.5  # a sync that ended before the change: it cannot have undone it
+    before._repair("h1", [Drift("pid 48 (nft)", change(48), Outcome(False, "enforcement lock busy"))])
+    assert drift_events(before) == []

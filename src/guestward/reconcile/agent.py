@@ -91,6 +91,9 @@ class Agent:
         self._pending = _Pending()
         self._stop = threading.Event()
         self._monitors: dict[str, subprocess.Popen[str]] = {}
+        # When this agent's own sync last changed each host (monotonic): a foreign change it undid
+        # on the way is drift even though the repair after it finds nothing left to do.
+        self._changed_by_sync: dict[str, float] = {}
         self._guards = {h: DriftGuard(NftRunner(config.host(h).netns), config.state_dir, self._enforced_generation(h))
                         for h in self.controller.local_hosts}
 
@@ -226,6 +229,9 @@ class Agent:
         ms = round((time.monotonic() - pending.first_at) * 1000, 1)
         self._arm_guards()
         changed = {h: n for h, n in commands.items() if n}
+        now = time.monotonic()
+        for h in changed:
+            self._changed_by_sync[h] = now
         if changed or pending.reasons != ["periodic resync"]:
             self._record("reconcile", "agent", reasons=pending.reasons[:20], commands=commands, ms=ms,
                          unreachable=self.controller.unreachable, conflicts=self.controller.conflicts)
@@ -259,13 +265,18 @@ class Agent:
         done = time.monotonic()
         fast_ones = [d for d in drifts if d.outcome is not None and d.outcome.repaired]
         declined = [d for d in drifts if d.change is not None and d not in fast_ones]
-        # A declined change that needed nothing was a legitimate one (made under the lock): not drift.
-        records = fast_ones + (declined if n else [])
+        # A declined change that needed nothing was a legitimate one (made under the lock): not drift,
+        # unless this agent's own sync changed the host after the change was seen: then that sync
+        # (which held the lock, so the guard declined) is what repaired it.
+        synced = self._changed_by_sync.get(host, 0.0)
+        undone_by_sync = [d for d in declined if d.change is not None and synced >= d.change.first_seen]
+        records = fast_ones + (declined if n else undone_by_sync)
         if n and not declined:  # this repair found a difference no change it was told of explains
             records.append(next((d for d in drifts if d.change is None), Drift("unknown")))
         for drift in records:
             fast = drift.outcome is not None and drift.outcome.repaired
-            detail: dict[str, object] = {"by": drift.who, "path": "fast" if fast else "full",
+            path = "fast" if fast else "sync" if (not n and drift in undone_by_sync) else "full"
+            detail: dict[str, object] = {"by": drift.who, "path": path,
                                          "ms": round((done - start) * 1000, 1)}
             change = drift.change
             if change is not None:
