@@ -15,15 +15,14 @@ Contracts:
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
+from guestward.dataplane.netlink import NLMSG_ERROR, attributes, error_code, messages, nla
+
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET, NFULNL_MSG_CONFIG = 0, 1
-NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 # packet attributes
 NFULA_PACKET_HDR, NFULA_MARK, NFULA_TIMESTAMP = 1, 2, 3
@@ -78,11 +77,6 @@ class Datagram:
     malformed: int = 0
 
 
-def _nla(kind: int, data: bytes) -> bytes:
-    body = struct.pack("=HH", 4 + len(data), kind) + data
-    return body + b"\0" * (-len(body) % 4)
-
-
 def config_request(group: int, attrs: bytes, seq: int = 1, family: int = 0) -> bytes:
     """One NFULNL_MSG_CONFIG request for `group`, asking for an ack."""
     body = struct.pack("!BBH", family, 0, group) + attrs
@@ -93,26 +87,16 @@ def config_request(group: int, attrs: bytes, seq: int = 1, family: int = 0) -> b
 def bind_request(group: int, copy_range: int = 96, qthresh: int = 32, timeout_cs: int = 10, seq: int = 1) -> bytes:
     """Bind `group`, copy the first `copy_range` bytes of each packet, number messages (NFULNL_CFG_F_SEQ,
     so losses show as gaps), and batch up to `qthresh` messages or `timeout_cs` hundredths of a second."""
-    attrs = _nla(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))
-    attrs += _nla(NFULA_CFG_MODE, struct.pack("!IBB", copy_range, NFULNL_COPY_PACKET, 0))
-    attrs += _nla(NFULA_CFG_FLAGS, struct.pack("!H", NFULNL_CFG_F_SEQ))
-    attrs += _nla(NFULA_CFG_QTHRESH, struct.pack("!I", qthresh))
-    attrs += _nla(NFULA_CFG_TIMEOUT, struct.pack("!I", timeout_cs))
+    attrs = nla(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))
+    attrs += nla(NFULA_CFG_MODE, struct.pack("!IBB", copy_range, NFULNL_COPY_PACKET, 0))
+    attrs += nla(NFULA_CFG_FLAGS, struct.pack("!H", NFULNL_CFG_F_SEQ))
+    attrs += nla(NFULA_CFG_QTHRESH, struct.pack("!I", qthresh))
+    attrs += nla(NFULA_CFG_TIMEOUT, struct.pack("!I", timeout_cs))
     return config_request(group, attrs, seq)
 
 
 def unbind_request(group: int, seq: int = 2) -> bytes:
-    return config_request(group, _nla(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_UNBIND])), seq)
-
-
-def _attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    off = start
-    while off + 4 <= end:
-        length, kind = struct.unpack_from("=HH", buf, off)
-        if length < 4 or off + length > end:
-            return
-        yield kind & NLA_TYPE_MASK, buf[off + 4:off + length]
-        off += (length + 3) & ~3
+    return config_request(group, nla(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_UNBIND])), seq)
 
 
 def _u32(data: bytes) -> int | None:
@@ -169,7 +153,7 @@ def _l4(p: NflogPacket, proto: int, b: bytes) -> None:
 def parse_packet(buf: bytes, start: int, end: int, family: int, group: int) -> NflogPacket:
     p = NflogPacket(family=FAMILIES.get(family, str(family)), group=group)
     payload = b""
-    for kind, data in _attrs(buf, start, end):
+    for kind, data in attributes(buf, start, end):
         if kind == NFULA_PACKET_HDR and len(data) >= 3:
             p.hw_protocol, hook = struct.unpack_from("!HB", data, 0)
             names = HOOKS["bridge" if p.family == "bridge" else "ip"]
@@ -203,16 +187,11 @@ def parse_packet(buf: bytes, start: int, end: int, family: int, group: int) -> N
 def parse_datagram(buf: bytes) -> Datagram:
     """Every message in one received datagram."""
     out = Datagram()
-    off = 0
-    while off + 16 <= len(buf):
-        length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", buf, off)
-        if length < 16 or off + length > len(buf):
-            out.malformed += 1
-            return out
-        end = off + length
+    walk = messages(buf)
+    for kind, off, length in walk.items:
         if kind == NLMSG_ERROR:
-            if length >= 20:
-                out.errors.append(-struct.unpack_from("=i", buf, off + 16)[0])
+            if (code := error_code(buf, off, length)) is not None:
+                out.errors.append(code)
             else:
                 out.malformed += 1
         elif kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
@@ -220,11 +199,9 @@ def parse_datagram(buf: bytes) -> Datagram:
                 out.malformed += 1
             else:
                 family, _version, group = struct.unpack_from("!BBH", buf, off + 16)
-                out.packets.append(parse_packet(buf, off + 20, end, family, group))
-        elif kind not in (NLMSG_NOOP, NLMSG_DONE):
-            pass  # not ours to read: skipped
-        off += (length + 3) & ~3
-    if off < len(buf) and len(buf) - off < 16 and any(buf[off:]):
+                out.packets.append(parse_packet(buf, off + 20, off + length, family, group))
+        # anything else (NLMSG_NOOP, NLMSG_DONE, other types) is not ours to read: skipped
+    if walk.broken or (walk.end < len(buf) and any(buf[walk.end:])):
         out.malformed += 1
     return out
 

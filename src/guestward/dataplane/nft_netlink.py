@@ -14,13 +14,13 @@ dump counts as complete only when NLMSG_DONE was seen.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from guestward.dataplane.netlink import NLMSG_DONE, NLMSG_ERROR, attributes, error_code, messages, nla
 
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWRULE, NFT_MSG_GETRULE, NFT_MSG_NEWSET, NFT_MSG_GETSET = 6, 7, 9, 10
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
 NFPROTO = {"inet": 1, "ipv4": 2, "arp": 3, "netdev": 5, "bridge": 7, "ipv6": 10}
 
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 3, 4, 7
@@ -57,27 +57,12 @@ class Dump:
     done: bool = False
 
 
-def _nla(kind: int, data: bytes) -> bytes:
-    body = struct.pack("=HH", 4 + len(data), kind) + data
-    return body + b"\0" * (-len(body) % 4)
-
-
 def dump_request(what: str, family: str, table: str, seq: int = 1) -> bytes:
     """A dump of `table`'s rules (`what` = "rules") or sets ("sets") in `family`."""
     msg = NFT_MSG_GETRULE if what == "rules" else NFT_MSG_GETSET
-    body = struct.pack("!BBH", NFPROTO[family], 0, 0) + _nla(NFTA_RULE_TABLE, table.encode() + b"\0")
+    body = struct.pack("!BBH", NFPROTO[family], 0, 0) + nla(NFTA_RULE_TABLE, table.encode() + b"\0")
     return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg, NLM_F_REQUEST | NLM_F_DUMP,
                        seq, 0) + body
-
-
-def _attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
-    off = 0
-    while off + 4 <= len(buf):
-        length, kind = struct.unpack_from("=HH", buf, off)
-        if length < 4 or off + length > len(buf):
-            return
-        yield kind & 0x3FFF, buf[off + 4:off + length]
-        off += (length + 3) & ~3
 
 
 def _str(data: bytes) -> str:
@@ -100,12 +85,12 @@ def _comment(udata: bytes) -> str:
 
 
 def _verdict(data: bytes) -> str:
-    for kind, d in _attrs(data):
+    for kind, d in attributes(data):
         if kind == NFTA_IMMEDIATE_DATA:
-            for k2, d2 in _attrs(d):
+            for k2, d2 in attributes(d):
                 if k2 == NFTA_DATA_VERDICT:
                     code, chain = None, ""
-                    for k3, d3 in _attrs(d2):
+                    for k3, d3 in attributes(d2):
                         if k3 == NFTA_VERDICT_CODE and len(d3) >= 4:
                             code = struct.unpack("!i", d3[:4])[0]
                         elif k3 == NFTA_VERDICT_CHAIN:
@@ -121,7 +106,7 @@ def _rule(payload: bytes) -> DumpedRule:
     packets = nbytes = None
     verdict = ""
     logs = False
-    for kind, data in _attrs(payload):
+    for kind, data in attributes(payload):
         if kind == NFTA_RULE_TABLE:
             table = _str(data)
         elif kind == NFTA_RULE_CHAIN:
@@ -152,7 +137,7 @@ def _rule(payload: bytes) -> DumpedRule:
                     dlen = struct.unpack_from("=H", rest, 0)[0]
                     edata = rest[4:dlen] if 4 <= dlen <= len(rest) else b""
                 if name == b"counter" and packets is None:
-                    for k3, d3 in _attrs(edata):
+                    for k3, d3 in attributes(edata):
                         if k3 == NFTA_COUNTER_PACKETS:
                             packets = _be64(d3)
                         elif k3 == NFTA_COUNTER_BYTES:
@@ -160,7 +145,7 @@ def _rule(payload: bytes) -> DumpedRule:
                 elif name == b"immediate":
                     verdict = _verdict(edata) or verdict
                 elif name == b"lookup":
-                    for k3, d3 in _attrs(edata):
+                    for k3, d3 in attributes(edata):
                         if k3 == NFTA_LOOKUP_DREG and d3[:4] == struct.pack("!I", NFT_REG_VERDICT):
                             verdict = "vmap"
                 elif name == b"log":
@@ -171,23 +156,20 @@ def _rule(payload: bytes) -> DumpedRule:
 def parse_dump(buf: bytes, into: Dump | None = None) -> Dump:
     """Add the messages of one received datagram to `into` (a new Dump when None)."""
     out = into if into is not None else Dump()
-    off = 0
-    while off + 16 <= len(buf):
-        length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", buf, off)
-        if length < 16 or off + length > len(buf):
-            out.malformed += 1
-            return out
+    walk = messages(buf)
+    for kind, off, length in walk.items:
         if kind == NLMSG_DONE:
             out.done = True
         elif kind == NLMSG_ERROR:
-            if length >= 20:
-                out.errors.append(-struct.unpack_from("=i", buf, off + 16)[0])
+            if (code := error_code(buf, off, length)) is not None:
+                out.errors.append(code)
             else:
                 out.malformed += 1
         elif length >= 20 and kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE:
             out.rules.append(_rule(buf[off + 20:off + length]))
         elif length >= 20 and kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSET:
-            attrs = dict(_attrs(buf[off + 20:off + length]))
+            attrs = dict(attributes(buf[off + 20:off + length]))
             out.sets.append((_str(attrs.get(NFTA_SET_TABLE, b"")), _str(attrs.get(NFTA_SET_NAME, b""))))
-        off += (length + 3) & ~3
+    if walk.broken:
+        out.malformed += 1
     return out
