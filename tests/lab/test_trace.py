@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from guestward.cli.policy_cmd import FlowJudge, decision_label
 from guestward.lab import hosts
 from guestward.lab.lab import Lab
 from tests.conftest import guestward
+
+pytestmark = pytest.mark.lab
 
 
 def trace_tables() -> list[str]:
