@@ -177,7 +177,7 @@ def migrate(src_uri: str, dst_uri: str, name: str, rewrite: Callable[[str], str]
         try:
             result["domain"] = dom.migrate3(dst, params, flags)
         except libvirt.libvirtError as exc:
-            result["error"] = exc
+            result["error"] = exc.get_error_message()
 
     worker = threading.Thread(target=run, name=f"migrate-{name}", daemon=True)
     worker.start()
@@ -200,7 +200,7 @@ def migrate(src_uri: str, dst_uri: str, name: str, rewrite: Callable[[str], str]
             time.sleep(0.005)
     worker.join()
     if "error" in result:
-        raise HypervisorError(f"migrate {name}: {result['error'].get_error_message()}")  # type: ignore[attr-defined]
+        raise HypervisorError(f"migrate {name}: {result['error']}")
     if added is None:
         raise HypervisorError(f"migrate {name}: finished without the guest arriving paused on the destination")
     if failure is not None:
