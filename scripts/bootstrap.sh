@@ -11,7 +11,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon libvirt-daemon-driver-qemu
   libvirt-clients python3-libvirt nftables python3-nftables iptables ebtables iproute2
   iputils-ping iperf3 busybox-static cpio e2fsprogs fdisk debootstrap socat gcc libc6-dev
-  python3-venv python3-dev conntrack
+  python3-venv python3-dev conntrack bubblewrap python3-seccomp
 )
 
 log() { echo "bootstrap: $*" >&2; }

@@ -1,5 +1,5 @@
-"""Completing a disk chain whose source did not name the backing files (an image file given directly, or
-an inactive domain whose XML has no `<backingStore>`), under one rule:
+"""Completing and checking a disk chain, under one rule for every source (an image file given directly,
+a domain XML's `<backingStore>` chain, or an inactive domain's XML that names no backing file):
 
 - the top layer's format is given (`--format`, or `<driver type>`); nothing is probed;
 - a qcow2 layer's backing file is the name in its own header, and its format must be recorded in the
@@ -9,103 +9,103 @@ an inactive domain whose XML has no `<backingStore>`), under one rule:
   directory: the top image's directory or one given with `--backing-dir`;
 - no file twice (loops), at most MAX_DEPTH layers.
 
-Only the qcow2 header (the first cluster at most) of each layer is read here, in the caller's process;
-everything else is read by the sandboxed worker (guestward.inspect.worker).
+A chain that the XML gives layer by layer is held to the same rule: every backing layer, resolved, must be
+a regular file in an allowed directory, none twice, at most MAX_DEPTH; the XML cannot point guestward at a
+file the header walk would have refused.
+
+No image byte is read here: each qcow2 header is read by the sandboxed worker (runner.read_backing, at most
+one cluster of the file), and only its bounded result (a name of at most 1023 bytes, a format of at most 15)
+comes back. Errors are ChainError, naming the image, quoting image-given text only through qcow2.shown().
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import struct
+from collections.abc import Callable
 from pathlib import Path
 
+from guestward.inspect import runner
+from guestward.inspect.qcow2 import BackingInfo, shown
 from guestward.model.disks import DiskChain, DiskLayer
 
 MAX_DEPTH = 16
-QCOW2_MAGIC = b"QFI\xfb"
-EXT_BACKING_FORMAT = 0xE2792ACA
+
+HeaderReader = Callable[[str], BackingInfo]
 
 
 class ChainError(ValueError):
     pass
 
 
-def qcow2_backing(path: str) -> tuple[str | None, str | None]:
-    """(backing file name, backing format) from a qcow2 header; (None, None) without a backing file."""
-    with open(path, "rb") as f:
-        head = f.read(112)
-        if len(head) < 72 or head[:4] != QCOW2_MAGIC:
-            raise ChainError(f"{path}: declared qcow2 but has no qcow2 header")
-        version, = struct.unpack(">I", head[4:8])
-        off, = struct.unpack(">Q", head[8:16])
-        size, = struct.unpack(">I", head[16:20])
-        cluster_bits, = struct.unpack(">I", head[20:24])
-        if not off:
-            return None, None
-        if size > 1023 or not 9 <= cluster_bits <= 21:
-            raise ChainError(f"{path}: implausible qcow2 header (backing name {size} bytes)")
-        f.seek(off)
-        name = f.read(size).decode("utf-8", errors="strict")
-        fmt = None
-        ext_off = 72 if version == 2 else struct.unpack(">I", head[100:104])[0]
-        end = min(off, 1 << cluster_bits)
-        f.seek(ext_off)
-        while f.tell() + 8 <= end:
-            etype, elen = struct.unpack(">II", f.read(8))
-            if etype == 0:
-                break
-            data = f.read(elen)
-            f.seek((elen + 7) // 8 * 8 - elen, os.SEEK_CUR)
-            if etype == EXT_BACKING_FORMAT:
-                fmt = data.decode("ascii", errors="replace")
-        return name, fmt
+def _read_backing(path: str) -> BackingInfo:
+    try:
+        return runner.read_backing(path)
+    except runner.WorkerError as exc:
+        raise ChainError(str(exc)) from None
 
 
 def _allowed(path: Path, dirs: list[Path]) -> bool:
     return any(path == d / path.name or d in path.parents for d in dirs)
 
 
-def complete(chain: DiskChain, backing_dirs: list[str] | None = None) -> DiskChain:
-    """The chain with its open end followed under the rule above; a closed chain is returned unchanged."""
-    if not chain.open_end:
-        return chain
+def _backing_layer(cur: str, given: str, dirs: list[Path], seen: set[str]) -> str:
+    """The resolved path of backing file `given` (as named by `cur`), checked against the rule."""
+    resolved = Path(os.path.realpath(Path(cur).parent / given))
+    if not _allowed(resolved, dirs):
+        raise ChainError(f"{cur}: backing file {shown(given)} resolves to {shown(str(resolved))}, outside the "
+                         f"allowed directories ({', '.join(map(str, dirs))}; add one with --backing-dir)")
+    try:
+        st = resolved.stat()
+    except OSError as exc:
+        raise ChainError(f"{cur}: backing file {shown(str(resolved))}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ChainError(f"{cur}: backing file {shown(str(resolved))} is not a regular file")
+    if str(resolved) in seen:
+        raise ChainError(f"{cur}: backing chain loops at {shown(str(resolved))}")
+    seen.add(str(resolved))
+    return str(resolved)
+
+
+def complete(chain: DiskChain, backing_dirs: list[str] | None = None,
+             read_backing: HeaderReader = _read_backing) -> DiskChain:
+    """The chain checked, and its open end followed, under the rule above (an XML-given closed chain is
+    checked layer by layer, its paths resolved). `read_backing` reads one qcow2 header (tests: a fake)."""
+    if len(chain.layers) > MAX_DEPTH:
+        raise ChainError(f"{chain.target}: backing chain deeper than {MAX_DEPTH}")
     top = Path(os.path.realpath(chain.layers[0].path))
     dirs = [top.parent, *(Path(os.path.realpath(d)) for d in backing_dirs or [])]
-    layers = list(chain.layers)
-    seen = {os.path.realpath(la.path) for la in layers}
+    layers = [DiskLayer(str(top), chain.layers[0].format)]
+    seen = {str(top)}
+    for la in chain.layers[1:]:
+        layers.append(DiskLayer(_backing_layer(layers[-1].path, la.path, dirs, seen), la.format))
+    if not chain.open_end:
+        return DiskChain(chain.target, tuple(layers))
     while layers[-1].format == "qcow2":
+        cur = layers[-1].path
+        info = read_backing(cur)
+        if info.name is None:
+            break
+        name, fmt = info.name, info.format
         if len(layers) >= MAX_DEPTH:
             raise ChainError(f"{chain.target}: backing chain deeper than {MAX_DEPTH}")
-        cur = layers[-1].path
-        name, fmt = qcow2_backing(cur)
-        if name is None:
-            break
         if ":" in name.split("/", 1)[0] or name.startswith("json:"):
-            raise ChainError(f"{cur}: backing file {name!r} is a protocol name, refused")
+            raise ChainError(f"{cur}: backing file {shown(name)} is a protocol name, refused")
         if fmt not in ("raw", "qcow2"):
-            raise ChainError(f"{cur}: backing file {name!r} has no recorded format ({fmt!r}); "
+            raise ChainError(f"{cur}: backing file {shown(name)} has no recorded format ({shown(fmt or '')}); "
                              "guestward never probes one (rebase with -F raw|qcow2)")
-        resolved = Path(os.path.realpath(Path(cur).parent / name))
-        if not _allowed(resolved, dirs):
-            raise ChainError(f"{cur}: backing file {name!r} resolves to {resolved}, outside the allowed "
-                             f"directories ({', '.join(map(str, dirs))}; add one with --backing-dir)")
-        try:
-            st = resolved.stat()
-        except OSError as exc:
-            raise ChainError(f"{cur}: backing file {resolved}: {exc.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise ChainError(f"{cur}: backing file {resolved} is not a regular file")
-        if str(resolved) in seen:
-            raise ChainError(f"{cur}: backing chain loops at {resolved}")
-        seen.add(str(resolved))
-        layers.append(DiskLayer(str(resolved), fmt))
+        layers.append(DiskLayer(_backing_layer(cur, name, dirs, seen), fmt))
     return DiskChain(chain.target, tuple(layers))
 
 
-def image_chain(path: str, fmt: str = "raw", backing_dirs: list[str] | None = None) -> DiskChain:
+def image_chain(path: str, fmt: str = "raw", backing_dirs: list[str] | None = None,
+                read_backing: HeaderReader = _read_backing) -> DiskChain:
     """The chain of an image file given directly, in format `fmt` (raw unless told)."""
     p = Path(path)
     if not p.is_file():
         raise ChainError(f"{path}: not a regular file")
-    return complete(DiskChain(p.name, (DiskLayer(str(p.resolve()), fmt),), open_end=True), backing_dirs)
+    try:
+        chain = DiskChain(p.name, (DiskLayer(str(p.resolve()), fmt),), open_end=True)
+    except ValueError as exc:
+        raise ChainError(str(exc)) from None
+    return complete(chain, backing_dirs, read_backing)

@@ -1,7 +1,8 @@
-"""Running the inspection worker: a child process with no network and hard limits; the caller never hangs.
+"""Running the inspection worker: a confined child process with hard limits; the caller never hangs.
 
-- network: the worker runs in a fresh network namespace (`unshare --net`; as non-root, `unshare --user
-  --map-root-user --net`), which has only a down loopback interface;
+- confinement: guestward.inspect.sandbox (unprivileged user in its own user, mount, PID and network
+  namespaces, no capabilities, no_new_privs, seccomp); the image files are opened here, read-only, and
+  handed to it as descriptors: the only host files it can read;
 - CPU: RLIMIT_CPU (SIGXCPU, then SIGKILL); memory: RLIMIT_AS; files: RLIMIT_FSIZE 0 (it cannot write a
   file), RLIMIT_NOFILE, no core dumps;
 - wall clock: the parent kills the worker's whole process group when the deadline passes;
@@ -15,17 +16,20 @@ import contextlib
 import json
 import os
 import resource
-import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from guestward.inspect import sandbox
+from guestward.inspect.qcow2 import BackingInfo
 from guestward.model.disks import DiskChain
 
 MAX_OUTPUT = 64 << 20
+MAX_ERROR = 400  # characters of a worker's error that reach the caller (the rest is the image talking)
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,24 @@ class WorkerError(RuntimeError):
         self.opened = opened or []
 
 
-def _sandbox_prefix() -> list[str]:
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        raise WorkerError("`unshare` (util-linux) is needed to run the inspection worker without network")
-    if os.geteuid() == 0:
-        return [unshare, "--net"]
-    return [unshare, "--user", "--map-root-user", "--net"]
+def _short(message: str) -> str:
+    return message if len(message) <= MAX_ERROR else message[:MAX_ERROR] + "... (cut)"
+
+
+def open_image(path: str) -> int:
+    """A read-only descriptor of image layer `path` for the worker: a regular file or a block device.
+    O_NONBLOCK so that a FIFO planted where an image should be cannot block us; O_NOFOLLOW because the
+    chain's paths are already resolved."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise WorkerError(f"{path}: cannot open: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        os.close(fd)
+        raise WorkerError(f"{path}: not a regular file or block device")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _limits(limits: Limits) -> Any:
@@ -64,14 +79,36 @@ def _limits(limits: Limits) -> Any:
     return apply
 
 
-def run_worker(job: dict[str, Any], limits: Limits = Limits()) -> dict[str, Any]:
-    """The worker's reply ({"ok": True, "result": ..., "opened": [...]}), or WorkerError."""
+def run_worker(job: dict[str, Any], limits: Limits = Limits(), files: list[str] | None = None) -> dict[str, Any]:
+    """The worker's reply ({"ok": True, "result": ..., "opened": [...]}), or WorkerError.
+
+    `files` (by default, every layer of the job's chains, in order) are opened here read-only and passed
+    to the worker; the job gets `"fds"`: their descriptor numbers in the same order (the worker never opens
+    a file by name)."""
+    if files is None:
+        files = [str(la["path"]) for c in job.get("chains", []) for la in c["layers"]]
+    fds: list[int] = []
+    try:
+        for path in files:
+            fds.append(open_image(path))
+        job = {**job, "fds": fds}
+        with contextlib.ExitStack() as stack:
+            seccomp_fd = sandbox.program_fd()
+            stack.callback(os.close, seccomp_fd)
+            return _run(job, limits, [*fds, seccomp_fd], seccomp_fd)
+    except sandbox.SandboxError as exc:
+        raise WorkerError(str(exc)) from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _run(job: dict[str, Any], limits: Limits, pass_fds: list[int], seccomp_fd: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gw-inspect-") as empty:
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": empty, "LANG": "C.UTF-8",
-               "PYTHONDONTWRITEBYTECODE": "1"}
-        argv = [*_sandbox_prefix(), sys.executable, "-I", "-m", "guestward.inspect.worker"]
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": empty, "LANG": "C.UTF-8"}
+        argv = sandbox.command([sys.executable, "-I", "-m", "guestward.inspect.worker"], seccomp_fd)
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=empty, env=env, preexec_fn=_limits(limits))
+                                cwd=empty, env=env, preexec_fn=_limits(limits), pass_fds=pass_fds)
         timed_out = False
         try:
             out, err = proc.communicate(json.dumps(job).encode(), timeout=limits.wall_seconds)
@@ -93,7 +130,7 @@ def run_worker(job: dict[str, Any], limits: Limits = Limits()) -> dict[str, Any]
             last = None
     if last is not None and "ok" in last:
         if not last.get("ok"):
-            raise WorkerError(str(last.get("error")), last.get("opened"))
+            raise WorkerError(_short(str(last.get("error"))), last.get("opened"))
         return last
     # Killed at a limit, or crashed: the sections it finished, marked partial; or an error if none.
     if timed_out:
@@ -116,7 +153,7 @@ def run_worker(job: dict[str, Any], limits: Limits = Limits()) -> dict[str, Any]
         sections["incomplete"] = True
         sections.setdefault("timings", {})
         return {"ok": True, "result": sections, "opened": []}
-    raise WorkerError(f"inspection worker {why}")
+    raise WorkerError(_short(f"inspection worker {why}"))
 
 
 def _death(rc: int | None, err: bytes, limits: Limits) -> str:
@@ -124,7 +161,7 @@ def _death(rc: int | None, err: bytes, limits: Limits) -> str:
         why = f"was killed by signal {-rc if rc < 0 else rc - 128} (CPU limit {limits.cpu_seconds} s?)"
     else:
         why = f"failed: exit status {rc}"
-    tail = err.decode(errors="replace").strip().splitlines()[-3:]
+    tail = [line[:200] for line in err[-4096:].decode(errors="replace").strip().splitlines()[-3:]]
     if any("MemoryError" in line for line in tail):
         why = f"failed: out of memory (limit {limits.memory_mb} MiB)"
     return why + (f": {' / '.join(tail)}" if tail else "")
@@ -145,3 +182,14 @@ def inspect_chains(chains: list[DiskChain], limits: Limits = Limits()) -> dict[s
     result: dict[str, Any] = reply["result"]
     result["opened"] = reply.get("opened", [])
     return result
+
+
+def read_backing(path: str, limits: Limits = Limits(cpu_seconds=10, memory_mb=256, wall_seconds=30.0)) -> BackingInfo:
+    """The backing file name and format recorded in qcow2 image `path`'s header, read by the sandboxed
+    worker (at most one cluster, 2 MiB, of the file). WorkerError names the image and says what is wrong."""
+    try:
+        reply = run_worker({"header": path}, limits, [path])
+    except WorkerError as exc:
+        raise WorkerError(_short(str(exc) if str(exc).startswith(path) else f"{path}: {exc}")) from None
+    r = reply["result"]
+    return BackingInfo(r["name"], r["format"])

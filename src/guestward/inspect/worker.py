@@ -1,12 +1,17 @@
 """The sandboxed inspection worker: `python -I -m guestward.inspect.worker` reads one job (JSON) on stdin
 and writes each finished section (one JSON line each), then the result (the last line), on stdout. Started only
-by guestward.inspect.runner, which puts it in a new network namespace (no network) under CPU, memory, file-size
-and wall-clock limits.
+by guestward.inspect.runner, inside guestward.inspect.sandbox (unprivileged, own namespaces, seccomp), under
+CPU, memory, file-size and wall-clock limits.
+
+Jobs: `{"chains": [...], "fds": [...]}` inspects a guest; `{"header": path, "fds": [fd]}` reads the backing
+fields of one qcow2 header (at most its first cluster); `{"selftest": ...}` (tests) reports the sandbox as
+seen from inside.
 
 Invariants:
-- the only host files it opens are the layers of the chains in the job (each read-only) and Python's own
-  library files: an audit hook refuses every other `open` and records every path opened, and the list is
-  part of the result;
+- every byte of an image is read here, from the descriptors the job names (the parent opened each layer
+  read-only; the images are not in this process's mount namespace at all); the sandbox is the boundary,
+  the audit hook below only records (and refuses) what Python opens by name, and the list is part of the
+  result;
 - every layer is opened in the format the job gives; a qcow2 layer's backing file is the next layer of the
   chain, passed in explicitly (dissect would otherwise open a file named by the image itself);
 - guest paths are resolved inside the guest's filesystems (an absolute symlink points into the guest),
@@ -35,7 +40,9 @@ RUN_PARTS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def install_open_guard(allowed_files: list[str]) -> None:
-    allowed = {os.path.realpath(p) for p in allowed_files}
+    """Record every path opened by name (the chain's layers, passed as descriptors, are listed as opened
+    up front), and refuse any outside Python's library: a record and a tripwire, not the boundary."""
+    OPENED.extend(allowed_files)
     lib_roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path) if p}
     lib_roots = {r for r in lib_roots if r not in ("/", "")}
     devices = {"/dev/null", "/dev/urandom"}
@@ -46,13 +53,10 @@ def install_open_guard(allowed_files: list[str]) -> None:
         p = os.fsdecode(args[0])
         real = os.path.realpath(p)
         OPENED.append(real)
-        if real in allowed or real in devices:
-            mode = args[1] if len(args) > 1 and isinstance(args[1], str) else "r"
-            if real in allowed and any(c in mode for c in "wa+x"):
-                raise PermissionError(f"inspection worker: write access to {real} refused")
+        if real in devices:
             return
         if any(real.startswith(r + os.sep) for r in lib_roots) or real.startswith("/usr/share/zoneinfo/"):
-            return  # Python's own library and data files (read-only by RLIMIT_FSIZE=0 anyway)
+            return  # Python's own library and data files (all the sandbox mounts, read-only)
         raise PermissionError(f"inspection worker: open({real}) refused: not a layer of the inspected chain")
 
     sys.addaudithook(hook)
@@ -123,7 +127,7 @@ def open_chain(chain: dict[str, Any]) -> Any:
 
     lower: Any = None
     for layer in reversed(chain["layers"]):
-        fh = open(layer["path"], "rb")  # noqa: SIM115 (lives as long as the worker)
+        fh = os.fdopen(layer["fd"], "rb")  # the parent's read-only descriptor; lives as long as the worker
         if layer["format"] == "raw":
             if lower is not None:
                 raise ValueError(f"raw layer {layer['path']} cannot have a backing file")
@@ -474,13 +478,91 @@ def mount_root(t: Any) -> list[dict[str, str]]:
     return errors + g.errors
 
 
+def selftest(probe: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    """Tests: the sandbox as seen from inside. Tries each `probe["read"]`/`probe["write"]` path, each passed
+    descriptor (read, write, reopen for writing), and a few system calls the seccomp filter refuses;
+    each outcome is "ok" or the errno's name."""
+    import ctypes
+    import errno
+    import resource
+
+    def attempt(fn: Any) -> str:
+        try:
+            fn()
+            return "ok"
+        except OSError as exc:
+            return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def syscall(name: str, *args: Any) -> str:
+        ctypes.set_errno(0)
+        rc = getattr(libc, name)(*args)
+        return "ok" if rc >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+
+    def read(p: str) -> None:
+        with open(p, "rb") as f:
+            f.read(1)
+
+    def write(p: str) -> None:
+        with open(p, "ab") as f:
+            f.write(b"x")
+
+    time.sleep(float(probe.get("hold", 0)))  # tests: time to look at the worker from the host
+    status = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"):
+                status[k] = v.split()[0] if k in ("Uid", "Gid") else v.strip()
+    with open("/proc/net/dev") as f:
+        interfaces = [line.split(":")[0].strip() for line in f.readlines()[2:]]
+    with open("/proc/self/uid_map") as f:
+        uid_map = f.read().split()
+    return {
+        "interfaces": interfaces,
+        "rlimits": {name: resource.getrlimit(getattr(resource, name))[0]
+                    for name in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE")},
+        "status": status, "uid_map": uid_map, "pid": os.getpid(),
+        "pids": sorted(int(n) for n in os.listdir("/proc") if n.isdigit()),
+        "root": sorted(os.listdir("/")),
+        "read": {p: attempt(lambda p=p: read(p)) for p in probe.get("read", [])},
+        "write": {p: attempt(lambda p=p: write(p)) for p in probe.get("write", [])},
+        "fds": [{"read": attempt(lambda fd=fd: os.pread(fd, 4, 0)),
+                 "write": attempt(lambda fd=fd: os.pwrite(fd, b"x", 0)),
+                 "reopen_rw": attempt(lambda fd=fd: os.close(os.open(f"/proc/self/fd/{fd}", os.O_RDWR)))}
+                for fd in fds],
+        "syscalls": {
+            "socket_inet": syscall("socket", 2, 1, 0), "socket_unix": syscall("socket", 1, 1, 0),
+            "unshare_user": syscall("unshare", 0x10000000), "ptrace_traceme": syscall("ptrace", 0, 0, 0, 0),
+            "mount": syscall("mount", b"none", b"/usr", b"tmpfs", 0, None), "setuid_0": syscall("setuid", 0),
+            "signal_pid1": attempt(lambda: os.kill(1, 0)),
+        },
+    }
+
+
+def read_header(path: str, fd: int) -> dict[str, Any]:
+    """The backing fields of the qcow2 header on `fd`: two bounded reads (24 bytes, then one cluster)."""
+    from guestward.inspect import qcow2
+    try:
+        info = qcow2.parse_header(os.pread(fd, qcow2.header_read_size(os.pread(fd, 24, 0)), 0))
+    except qcow2.Qcow2Error as exc:
+        raise InspectError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise InspectError(f"{path}: cannot read: {exc.strerror}") from None
+    return {"name": info.name, "format": info.format}
+
+
 def run(job: dict[str, Any]) -> dict[str, Any]:
     if job.get("selftest"):
-        import resource
-        import socket
-        return {"interfaces": [n for _, n in socket.if_nameindex()],
-                "rlimits": {name: resource.getrlimit(getattr(resource, name))[0]
-                            for name in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE")}}
+        return selftest(job.get("probe") or {}, job.get("fds", []))
+    if "header" in job:
+        OPENED.append(str(job["header"]))
+        return read_header(str(job["header"]), job["fds"][0])
+    fds = iter(job["fds"])
+    for c in job["chains"]:
+        for la in c["layers"]:
+            la["fd"] = next(fds)
     paths = [la["path"] for c in job["chains"] for la in c["layers"]]
     install_open_guard(paths)
     start = time.perf_counter()
