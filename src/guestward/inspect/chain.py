@@ -30,6 +30,7 @@ from guestward.inspect.qcow2 import BackingInfo, shown
 from guestward.model.disks import DiskChain, DiskLayer
 
 MAX_DEPTH = 16
+PATH_SHOWN = 240  # a resolved host path in a message (its name part came from an image)
 
 HeaderReader = Callable[[str], BackingInfo]
 
@@ -53,16 +54,16 @@ def _backing_layer(cur: str, given: str, dirs: list[Path], seen: set[str]) -> st
     """The resolved path of backing file `given` (as named by `cur`), checked against the rule."""
     resolved = Path(os.path.realpath(Path(cur).parent / given))
     if not _allowed(resolved, dirs):
-        raise ChainError(f"{cur}: backing file {shown(given)} resolves to {shown(str(resolved))}, outside the "
-                         f"allowed directories ({', '.join(map(str, dirs))}; add one with --backing-dir)")
+        raise ChainError(f"{cur}: backing file {shown(given)} resolves to {shown(str(resolved), PATH_SHOWN)}, "
+                         f"outside the allowed directories ({', '.join(map(str, dirs))}; add one with --backing-dir)")
     try:
         st = resolved.stat()
     except OSError as exc:
-        raise ChainError(f"{cur}: backing file {shown(str(resolved))}: {exc.strerror}") from None
+        raise ChainError(f"{cur}: backing file {shown(str(resolved), PATH_SHOWN)}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise ChainError(f"{cur}: backing file {shown(str(resolved))} is not a regular file")
+        raise ChainError(f"{cur}: backing file {shown(str(resolved), PATH_SHOWN)} is not a regular file")
     if str(resolved) in seen:
-        raise ChainError(f"{cur}: backing chain loops at {shown(str(resolved))}")
+        raise ChainError(f"{cur}: backing chain loops at {shown(str(resolved), PATH_SHOWN)}")
     seen.add(str(resolved))
     return str(resolved)
 

@@ -71,8 +71,9 @@ def _limits(limits: Limits) -> Any:
     def apply() -> None:
         os.setsid()
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 2))
-        mem = limits.memory_mb << 20
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        mem = limits.memory_mb << 20 if hard == resource.RLIM_INFINITY else min(limits.memory_mb << 20, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))  # never above a limit the caller runs under
         resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
