@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from guestward.hypervisor.disks import chains_from_xml
 from guestward.inspect.chain import MAX_DEPTH, ChainError, complete, image_chain
 from guestward.inspect.qcow2 import BackingInfo, Qcow2Error, parse_header
-from guestward.inspect.runner import MAX_ERROR, WorkerError, read_backing
+from guestward.inspect.runner import MAX_ERROR, WorkerError, inspect_chains, read_backing
 from tests.inspect.conftest import run
 from tests.inspect.qcow2_gen import Header, hostile
 
@@ -282,3 +282,23 @@ def test_header_walk_depth_and_names_are_bounded(tmp_path: Path) -> None:
     assert parse_header(h.build()).name == "nbd:host:1"
     with pytest.raises(ChainError, match="protocol name"):
         image_chain(str(tmp_path / "0.qcow2"), "qcow2", read_backing=lambda p: BackingInfo("nbd:x:1", "raw"))
+
+
+@pytest.mark.parametrize("swap", ["directory", "file"])
+def test_a_symlink_swapped_in_after_the_check_is_not_followed(tmp_path: Path, swap: str) -> None:
+    imgs, secret = tmp_path / "imgs", tmp_path / "secret"
+    imgs.mkdir()
+    secret.mkdir()
+    (imgs / "disk.raw").write_bytes(b"\0" * 4096)
+    (secret / "disk.raw").write_bytes(b"SECRET" * 1000)
+    chain = image_chain(str(imgs / "disk.raw"))
+    if swap == "directory":
+        imgs.rename(tmp_path / "was-imgs")
+        imgs.symlink_to(secret)
+    else:
+        (imgs / "disk.raw").unlink()
+        (imgs / "disk.raw").symlink_to(secret / "disk.raw")
+    with pytest.raises(WorkerError) as exc:
+        inspect_chains([chain])
+    assert str(exc.value) == f"{imgs / 'disk.raw'}: cannot open: a symlink in its path (paths are resolved " \
+                             "before they are opened)"

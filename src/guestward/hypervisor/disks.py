@@ -119,7 +119,7 @@ def point_in_time(uri: str, name: str, workdir: Path, timeout: float = 600.0) ->
     if not active:
         raise HypervisorError(f"{name} is not running: read its disks directly")
     workdir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    tmp = Path(os.path.realpath(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir)))  # opened without following links
     os.chmod(tmp, 0o711)  # qemu (possibly not root) writes the copies here
     dom = _domain(uri, name)
     try:

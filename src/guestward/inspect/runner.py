@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import resource
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from guestward.inspect import sandbox
@@ -53,12 +55,25 @@ def _short(message: str) -> str:
 
 def open_image(path: str) -> int:
     """A read-only descriptor of image layer `path` for the worker: a regular file or a block device.
-    O_NONBLOCK so that a FIFO planted where an image should be cannot block us; O_NOFOLLOW because the
-    chain's paths are already resolved."""
+
+    The chain's paths are resolved when the chain is checked (guestward.inspect.chain), so every component
+    is opened here with O_NOFOLLOW: a directory swapped for a symlink since the check is refused, not
+    followed. O_NONBLOCK so that a FIFO planted where an image should be cannot block us."""
+    parts = Path(os.path.abspath(path)).parts
+    dirfd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        for name in parts[1:-1]:
+            nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+            os.close(dirfd)
+            dirfd = nxt
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     dir_fd=dirfd)
     except OSError as exc:
-        raise WorkerError(f"{path}: cannot open: {exc.strerror}") from None
+        why = "a symlink in its path (paths are resolved before they are opened)" \
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc.strerror
+        raise WorkerError(f"{path}: cannot open: {why}") from None
+    finally:
+        os.close(dirfd)
     mode = os.fstat(fd).st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
         os.close(fd)
