@@ -93,7 +93,7 @@ def test_every_denied_system_call_fails() -> None:
             continue
         if nrs[name] < 0:  # not a system call of this architecture
             del nrs[name]
-    for name in ("clone3", "openat2"):
+    for name in ("clone3", "openat2", "execve", "execveat"):
         nrs[name] = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
     assert len(nrs) > 80
     got = selftest({"syscalls": nrs})["syscalls"]

@@ -68,7 +68,7 @@ def parse_header(buf: bytes) -> BackingInfo:
         if len(buf) < V3_HEADER:
             raise Qcow2Error(f"truncated qcow2 v3 header ({len(buf)} bytes, {V3_HEADER} needed)")
         ext_off, = struct.unpack_from(">I", buf, 100)
-        if ext_off < V3_HEADER or ext_off % 8 or ext_off > cluster:
+        if ext_off < V3_HEADER or ext_off > cluster:  # what qemu checks
             raise Qcow2Error(f"implausible qcow2 v3 header length {ext_off}")
     name = None
     if off:

@@ -18,7 +18,8 @@ The filter allows by default and refuses, with EPERM, what an inspection never d
 ptrace and cross-process memory access, namespace and mount changes, kernel modules, kexec, BPF,
 perf, keyrings, userfaultfd, io_uring, TIOCSTI, and opening a file for writing, creating or
 truncating one. `clone3` answers ENOSYS (its flags cannot be inspected; libc then uses `clone`, whose
-namespace flags are refused).
+namespace flags are refused). Once started, the worker adds a filter refusing execve/execveat
+(`forbid_exec`): it never runs another program.
 """
 
 from __future__ import annotations
@@ -84,6 +85,16 @@ def seccomp_program() -> bytes:
         return data
     finally:
         os.close(fd)
+
+
+def forbid_exec() -> None:
+    """Called by the worker itself once its interpreter runs, before it reads the job: a second filter
+    (filters stack) refusing execve/execveat, which bubblewrap's filter must still allow to start it."""
+    import seccomp
+    f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    for name in ("execve", "execveat"):
+        f.add_rule(seccomp.ERRNO(errno.EPERM), name)
+    f.load()
 
 
 def program_fd() -> int:

@@ -39,10 +39,10 @@ OPENED: list[str] = []
 RUN_PARTS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-def install_open_guard(allowed_files: list[str]) -> None:
+def install_open_guard(layers: list[str]) -> None:
     """Record every path opened by name (the chain's layers, passed as descriptors, are listed as opened
     up front), and refuse any outside Python's library: a record and a tripwire, not the boundary."""
-    OPENED.extend(allowed_files)
+    OPENED.extend(layers)
     lib_roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path) if p}
     lib_roots = {r for r in lib_roots if r not in ("/", "")}
     devices = {"/dev/null", "/dev/urandom"}
@@ -57,7 +57,8 @@ def install_open_guard(allowed_files: list[str]) -> None:
             return
         if any(real.startswith(r + os.sep) for r in lib_roots) or real.startswith("/usr/share/zoneinfo/"):
             return  # Python's own library and data files (all the sandbox mounts, read-only)
-        raise PermissionError(f"inspection worker: open({real}) refused: not a layer of the inspected chain")
+        raise PermissionError(f"inspection worker: open({real}) refused: the worker reads the chain's layers "
+                              "from the descriptors it was given, and nothing else")
 
     sys.addaudithook(hook)
 
@@ -610,6 +611,8 @@ class InspectError(Exception):
 def main() -> None:
     import logging
     logging.disable(logging.CRITICAL)  # dissect logs the guest's garbage; errors are in the result
+    from guestward.inspect.sandbox import forbid_exec
+    forbid_exec()
     job = json.loads(sys.stdin.read())
     try:
         out: dict[str, Any] = {"ok": True, "result": run(job)}
