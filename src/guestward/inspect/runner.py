@@ -92,6 +92,7 @@ def _limits(limits: Limits) -> Any:
         resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+        sandbox.stage()
     return apply
 
 

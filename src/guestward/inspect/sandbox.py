@@ -7,8 +7,9 @@ kernel, not by Python:
   capabilities (bounding set empty) and no_new_privs; bubblewrap then puts it in a new user namespace
   mapping only that id, so it has no capability anywhere (CapEff 0) and is nobody to the host;
 - its own mount namespace holding only what the interpreter needs, read-only: /usr, the virtualenv, the
-  guestward package; a fresh /proc of its own PID namespace and a minimal /dev; nothing else of the host
-  (no /etc, /home, /root, /tmp, no image directory). The disk images are not in it at all: the parent
+  guestward package (as root, first bind-mounted under STAGE in a private mount namespace: `stage()`);
+  a fresh /proc of its own PID namespace and a minimal /dev; nothing else of the host (no /etc, /home,
+  /root, /tmp, no image directory). The disk images are not in it at all: the parent
   opens each layer read-only and passes the descriptor (the worker never opens an image by name);
 - new PID, network (only a down loopback), IPC, UTS and cgroup namespaces; it dies with its parent;
 - a seccomp filter (below), loaded by bubblewrap before the interpreter starts, so it covers everything
@@ -24,6 +25,7 @@ namespace flags are refused). Once started, the worker adds a filter refusing ex
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import os
@@ -32,6 +34,9 @@ import sys
 from pathlib import Path
 
 SANDBOX_UID = 65534  # nobody; no files are owned by it and it holds no privilege
+STAGE = "/run/gw-sandbox"  # where the read-only roots are reachable, in the worker's mount namespace only
+CLONE_NEWNS, MS_BIND, MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV = 0x20000, 0x1000, 0x4000, 0x40000, 0x2, 0x4
+_libc = ctypes.CDLL(None, use_errno=True)
 
 DENIED = (
     "socket", "socketpair", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
@@ -119,6 +124,33 @@ def _read_only_roots() -> list[str]:
     return out
 
 
+def _staged(roots: list[str]) -> list[tuple[str, str]]:
+    return [(f"{STAGE}/{i}", r) for i, r in enumerate(roots)]
+
+
+def stage() -> None:
+    """As root, in the worker's child process before it execs `command()`: a private mount namespace in
+    which each read-only root is bind-mounted under STAGE, on a fresh tmpfs over /run. The virtualenv and
+    the code may live under a directory nobody cannot enter (/root, a mode-700 temporary directory); this
+    way bubblewrap, already running as nobody, still finds them. Nothing changes in the host's mounts."""
+    if os.geteuid() != 0:
+        return
+
+    def check(rc: int, what: str) -> None:
+        if rc != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inspection sandbox: {what}: {os.strerror(err)}")
+
+    check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+    os.makedirs(STAGE, 0o755, exist_ok=True)
+    check(_libc.mount(b"tmpfs", STAGE.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=64k"),
+          f"tmpfs on {STAGE}")
+    for dst, src in _staged(_read_only_roots()):
+        os.mkdir(dst, 0o755)
+        check(_libc.mount(src.encode(), dst.encode(), None, MS_BIND | MS_REC, None), f"bind {src}")
+
+
 def command(argv: list[str], seccomp_fd: int) -> list[str]:
     """`argv` (the worker's interpreter command) wrapped in the sandbox described above."""
     bwrap = shutil.which("bwrap")
@@ -139,8 +171,9 @@ def command(argv: list[str], seccomp_fd: int) -> list[str]:
             box += ["--symlink", os.readlink(p), "/" + link]
         elif p.is_dir():
             box += ["--ro-bind", str(p), str(p)]
-    for root in _read_only_roots():
-        box += ["--ro-bind", root, root]
+    roots = _read_only_roots()
+    for src, root in _staged(roots) if prefix else [(r, r) for r in roots]:
+        box += ["--ro-bind", src, root]
     box += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", "/",
             "--setenv", "PATH", "/usr/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/",
             "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--seccomp", str(seccomp_fd), "--"]
