@@ -140,3 +140,21 @@ def test_a_fifo_in_place_of_an_image_is_refused_at_once(tmp_path: Path) -> None:
     with pytest.raises(WorkerError, match="not a regular file or block device"):
         selftest({}, [str(fifo)])
     assert time.monotonic() - start < 2
+
+
+def test_code_under_a_directory_nobody_cannot_enter_is_still_mounted(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout under /root or a mode-700 temporary directory (CI's clone may be one): the worker, nobody,
+    still gets its code (staged by root in a private mount namespace), and only that directory of it."""
+    private = tmp_path / "private"
+    lib = private / "lib"
+    lib.mkdir(parents=True)
+    (lib / "marker.py").write_text("MARKER = 1\n")
+    (private / "secret").write_text("not for the worker\n")
+    private.chmod(0o700)
+    real = sandbox._read_only_roots
+    monkeypatch.setattr(sandbox, "_read_only_roots", lambda: [*real(), str(lib)])
+    r = selftest({"read": [str(lib / "marker.py"), str(private / "secret")], "write": [str(lib / "marker.py")]})
+    assert r["read"] == {str(lib / "marker.py"): "ok", str(private / "secret"): "ENOENT"}
+    assert r["write"] == {str(lib / "marker.py"): "EPERM"}
+    assert not any(Path("/run/gw-sandbox").iterdir())  # the staging mounts were never the host's
