@@ -2,7 +2,7 @@
 
 - confinement: guestward.inspect.sandbox (unprivileged user in its own user, mount, PID and network
   namespaces, no capabilities, no_new_privs, seccomp); the image files are opened here, read-only, and
-  handed to it as descriptors: the only host files it can read;
+  handed to it as descriptors: besides its interpreter's files, the only host files it can read;
 - CPU: RLIMIT_CPU (SIGXCPU, then SIGKILL); memory: RLIMIT_AS; files: RLIMIT_FSIZE 0 (it cannot write a
   file), RLIMIT_NOFILE, no core dumps;
 - wall clock: the parent kills the worker's whole process group when the deadline passes;
@@ -124,8 +124,11 @@ def _run(job: dict[str, Any], limits: Limits, pass_fds: list[int], seccomp_fd: i
     with tempfile.TemporaryDirectory(prefix="gw-inspect-") as empty:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": empty, "LANG": "C.UTF-8"}
         argv = sandbox.command([sys.executable, "-I", "-m", "guestward.inspect.worker"], seccomp_fd)
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=empty, env=env, preexec_fn=_limits(limits), pass_fds=pass_fds)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    cwd=empty, env=env, preexec_fn=_limits(limits), pass_fds=pass_fds)
+        except (OSError, subprocess.SubprocessError) as exc:  # fail closed: no sandbox, no worker
+            raise WorkerError(f"cannot start the inspection sandbox: {exc}") from None
         timed_out = False
         try:
             out, err = proc.communicate(json.dumps(job).encode(), timeout=limits.wall_seconds)
