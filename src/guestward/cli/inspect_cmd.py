@@ -179,15 +179,18 @@ def render(rep: dict[str, Any], delta: dict[str, Any] | None) -> None:
 
 @feeds_app.command("update")
 def feeds_update(
-    source: Annotated[str, typer.Option("--from", help="a feed file, OSV directory or zip, or an http(s) URL")],
+    source: Annotated[str, typer.Option("--from", help="a feed file, OSV directory or zip, or an https URL")],
     name: Annotated[str | None, typer.Option("--name", help="the feed's name (default: from the source)")] = None,
+    sha256: Annotated[str | None, typer.Option("--sha256", help="the file's expected SHA-256 (hex): always "
+                                               "checked; required for an http:// URL")] = None,
     config: ConfigOpt = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Store a vulnerability feed under guestward's state dir (replacing one of the same name)."""
+    """Store a vulnerability feed under guestward's state dir (replacing one of the same name only once
+    the new one is fetched, verified and indexed: a refused feed leaves the stored one in force)."""
     sd = state_dir or _config(config, need=False).state_dir
     try:
-        meta = feed_store.update(sd, source, name)
+        meta = feed_store.update(sd, source, name, sha256)
     except (feed_store.FeedError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
     out.print(f"feed {meta['name']}: {meta['format']}, {meta['entries']} entries for "
@@ -198,7 +201,6 @@ def feeds_update(
 def feeds_list(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     """The stored feeds."""
     sd = state_dir or _config(config, need=False).state_dir
-    metas, _ = feed_store.load(sd, [])
-    for m in metas:
+    for m in feed_store.list_feeds(sd):
         out.print(f"{m['name']}  {m['format']}  {m['entries']} entries  updated {time.ctime(m['updated_at'])}  "
                   f"from {m['source']}", highlight=False)
