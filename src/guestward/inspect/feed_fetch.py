@@ -69,6 +69,8 @@ def download(url: str, dest: Path, sha256: str | None, limits: Limits) -> str:
             if sha256 is None and not final.startswith("https://"):
                 raise FeedError(f"{url}: redirected to {final}, not https (give --sha256 to accept it)")
             got = _copy_stream(resp.read, dest, url, limits, [0], deadline)
+    except urllib.error.HTTPError as exc:
+        raise FeedError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         if isinstance(exc, FeedError):
             raise

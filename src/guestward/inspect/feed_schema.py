@@ -99,6 +99,11 @@ class RecordError(ValueError):
     """A record that fails its schema: `where` names the file and record."""
 
 
+def _shown(name: str) -> str:
+    """A feed-supplied name as it may appear in an error line: short, printable."""
+    return "".join(c if c.isprintable() else "?" for c in name[:80])
+
+
 def _explain(where: str, exc: ValidationError) -> RecordError:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(record)"
@@ -136,12 +141,12 @@ def osv_rows(where: str, obj: Any) -> Iterator[Row]:
     """Index rows of one OSV record (none for a withdrawn one or an ecosystem guestward does not match)."""
     if not isinstance(obj, dict):
         raise RecordError(f"{where}: an OSV record is a JSON object, not {type(obj).__name__}")
-    ident = obj.get("id")
-    if isinstance(ident, str):
-        where = f"{where} ({ident[:80]})"
     try:
         rec = OsvRecord.model_validate(obj)
     except ValidationError as exc:
+        ident = obj.get("id")
+        if isinstance(ident, str) and ident.strip():
+            where = f"{where} ({_shown(ident)})"
         raise _explain(where, exc) from None
     if rec.withdrawn:
         return
@@ -161,11 +166,10 @@ def tracker_rows(where: str, source: Any, cve: Any, obj: Any) -> Iterator[Row]:
     """Index rows of one tracker record (`source` -> `cve` -> obj), one per release."""
     if not isinstance(source, str) or not isinstance(cve, str):
         raise RecordError(f"{where}: the tracker maps source -> CVE -> record, not a list")
-    where = f"{where} ({source}/{cve[:80]})"
     try:
         rec = TrackerCve.model_validate(obj)
     except ValidationError as exc:
-        raise _explain(where, exc) from None
+        raise _explain(f"{where} ({_shown(source)}/{_shown(cve)})", exc) from None
     for codename, rel in rec.releases.items():
         yield f"debian:{codename}", source, {
             "id": cve, "aliases": [], "kind": "tracker", "status": rel.status, "fixed": rel.fixed_version,

@@ -1,0 +1,94 @@
+"""Vulnerability feeds at size: `feeds update` and the feed lookup of a later inspection, each in its own
+process, with wall time and peak RSS (ru_maxrss of that process).
+
+The feed is generated: a Debian security tracker JSON of `--sources` source packages with `--cves`
+CVEs each, every CVE with data for two releases (~280 bytes a CVE), as the real tracker is shaped.
+The later inspection is `guestward.inspect.report.build` for a synthetic dpkg inventory of
+`--packages` installed packages (no disk image: only the feed part of `inspect` is measured).
+
+`--src DIR` runs another checkout's `src/` (e.g. the code before the change, from `git archive`), so
+before and after are measured by the same script on the same feed.
+
+Usage: .venv/bin/python bench/feeds_bench.py [--sources 40000] [--cves 8] [--src DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+what, state, arg = sys.argv[2], sys.argv[3], sys.argv[4]
+start = time.perf_counter()
+if what == "update":
+    from guestward.inspect import feeds
+    meta = feeds.update(__import__("pathlib").Path(state), arg, "tracker")
+    out = {"entries": meta["entries"]}
+else:
+    from guestward.inspect import report
+    inv = json.loads(open(arg).read())
+    rep = report.build("bench", inv, __import__("pathlib").Path(state))
+    out = {"findings": sum(1 for f in rep["findings"] if f["type"] == "vulnerability")}
+out["seconds"] = time.perf_counter() - start
+out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def generate(path: Path, sources: int, cves: int) -> None:
+    with open(path, "w") as f:
+        f.write("{")
+        for s in range(sources):
+            doc = {f"CVE-2099-{s * cves + c:07d}": {
+                "description": f"a flaw in pkg{s} number {c}", "scope": "remote", "releases": {
+                    "bookworm": {"status": "resolved", "repositories": {"bookworm": f"1.{c}-1"},
+                                 "fixed_version": f"1.{c}-1", "urgency": "medium"},
+                    "bullseye": {"status": "open", "repositories": {"bullseye": "0.9-1"}, "urgency": "low"}}}
+                for c in range(cves)}
+            f.write(("," if s else "") + json.dumps(f"pkg{s}") + ":" + json.dumps(doc))
+        f.write("}")
+
+
+def child(src: Path, what: str, state: Path, arg: str) -> dict[str, float]:
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(src), what, str(state), arg], capture_output=True,
+                       text=True, check=False)
+    if r.returncode:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}  # type: ignore[dict-item]
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sources", type=int, default=40000)
+    ap.add_argument("--cves", type=int, default=8)
+    ap.add_argument("--packages", type=int, default=500)
+    ap.add_argument("--src", type=Path, default=ROOT / "src")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gw-feeds-bench-", dir="/var/tmp") as tmp:
+        d = Path(tmp)
+        feed = d / "tracker.json"
+        t = time.perf_counter()
+        generate(feed, args.sources, args.cves)
+        inv = d / "inventory.json"
+        step = max(1, args.sources // args.packages)
+        inv.write_text(json.dumps({"os": {"id": "debian", "codename": "bookworm", "version_id": "12"}, "packages": [
+            {"name": f"pkg{s}", "source": f"pkg{s}", "version": "1.0-1", "source_version": "1.0-1",
+             "manager": "dpkg"} for s in range(0, args.sources, step)]}))
+        result = {"feed_mb": round(feed.stat().st_size / 1e6, 1), "cves": args.sources * args.cves,
+                  "generate_s": round(time.perf_counter() - t, 1), "src": str(args.src),
+                  "update": child(args.src, "update", d / "state", str(feed)),
+                  "inspect": child(args.src, "inspect", d / "state", str(inv))}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
