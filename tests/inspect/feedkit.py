@@ -69,17 +69,21 @@ import atexit, resource, sys
 limit = int(sys.argv.pop(1)) << 20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 atexit.register(lambda: sys.stderr.write(f"\\nmaxrss-kib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n"))
-from guestward.cli.main import main
-sys.argv[0] = "guestward"
-main()
+code = sys.argv.pop(1)
+if code:
+    exec(code)
+else:
+    from guestward.cli.main import main
+    sys.argv[0] = "guestward"
+    main()
 """
 
 
-def bounded_cli(*args: str, address_space_mb: int = 256, timeout: float = 120) -> Run:
-    """The real `guestward` command under RLIMIT_AS (past it, allocation fails in that process instead of
-    the host running out), with its wall time and peak RSS."""
+def bounded_cli(*args: str, address_space_mb: int = 256, timeout: float = 120, code: str = "") -> Run:
+    """The real `guestward` command (or Python `code` given `args` as sys.argv[1:]) under RLIMIT_AS (past
+    it, allocation fails in that process instead of the host running out), with wall time and peak RSS."""
     start = time.monotonic()
-    r = subprocess.run([sys.executable, "-c", _WRAP, str(address_space_mb), *args], capture_output=True,
+    r = subprocess.run([sys.executable, "-c", _WRAP, str(address_space_mb), code, *args], capture_output=True,
                        text=True, timeout=timeout, check=False)
     seconds = time.monotonic() - start
     stderr, _, tail = r.stderr.rpartition("maxrss-kib ")

@@ -26,25 +26,26 @@ class IndexWriter:
         # A fresh scratch file renamed into place only when complete: no journal needed.
         self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                               "CREATE TABLE meta(doc TEXT NOT NULL);"
-                              "CREATE TABLE entry(release TEXT NOT NULL, package TEXT NOT NULL, doc TEXT NOT NULL);")
-        self.pending: list[tuple[str, str, str]] = []
+                              # Clustered on the lookup key: no second copy of (release, package) in an index.
+                              "CREATE TABLE entry(release TEXT NOT NULL, package TEXT NOT NULL, n INTEGER NOT NULL,"
+                              " doc TEXT NOT NULL, PRIMARY KEY (release, package, n)) WITHOUT ROWID;")
+        self.pending: list[tuple[str, str, int, str]] = []
         self.entries = 0
         self.releases: set[str] = set()
 
     def add(self, release: str, package: str, entry: dict[str, Any]) -> None:
-        self.pending.append((release, package, json.dumps(entry, separators=(",", ":"))))
         self.entries += 1
+        self.pending.append((release, package, self.entries, json.dumps(entry, separators=(",", ":"))))
         self.releases.add(release)
         if len(self.pending) >= _BATCH:
             self._flush()
 
     def _flush(self) -> None:
-        self.db.executemany("INSERT INTO entry VALUES (?, ?, ?)", self.pending)
+        self.db.executemany("INSERT INTO entry VALUES (?, ?, ?, ?)", self.pending)
         self.pending.clear()
 
     def finish(self, meta: dict[str, Any]) -> None:
         self._flush()
-        self.db.execute("CREATE INDEX entry_key ON entry(release, package)")
         self.db.execute("INSERT INTO meta VALUES (?)", (json.dumps(meta),))
         self.db.commit()
         self.db.close()
