@@ -259,3 +259,22 @@ def test_symlink_loop_through_the_cli_is_refused_at_once(tmp_path: Path) -> None
     assert (r.returncode, r.stderr) == (2, f"error: {src}/loop: a symlink in a directory feed (not followed)"), r
     assert r.seconds < 15 and r.max_rss_mb < 200, r
     stored.assert_in_force()
+
+
+def test_cli_sha256_option_and_list(servers: tuple[Server, Server, Path], tmp_path: Path) -> None:
+    """`feeds update --sha256` through the real command: http refused without it, accepted with it,
+    refused for a directory; `feeds list` shows what is in force."""
+    plain, _, root = servers
+    name, sha = _feed(root)
+    state = tmp_path / "state"
+    url = f"{plain.base}/{name}"
+    r = bounded_cli("feeds", "update", "--from", url, "--state-dir", str(state))
+    assert (r.returncode, r.stderr) == (2, f"error: {url}: plain http has no integrity: use https, or give "
+                                           "--sha256 of the file"), r
+    r = bounded_cli("feeds", "update", "--from", url, "--sha256", sha, "--state-dir", str(state))
+    assert (r.returncode, r.stdout.strip()) == (0, "feed Debian: osv, 1 entries for debian:12"), r
+    r = bounded_cli("feeds", "update", "--from", str(root), "--sha256", sha, "--state-dir", str(state))
+    assert (r.returncode, r.stderr) == (2, f"error: {root}: --sha256 applies to a file or URL, not a directory"), r
+    r = bounded_cli("feeds", "list", "--state-dir", str(state))
+    assert r.returncode == 0 and re.fullmatch(rf"Debian  osv  1 entries  updated .+  from {re.escape(url)}",
+                                              r.stdout.strip()), r

@@ -105,10 +105,10 @@ def _shown(name: str) -> str:
 
 
 def _explain(where: str, exc: ValidationError) -> RecordError:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(record)"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return RecordError(f"{where}: {loc}: {first['msg']}{more}")
+    errors = exc.errors()
+    shown = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(record)'}: {e['msg']}" for e in errors[:3])
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return RecordError(f"{where}: {shown}{more}")
 
 
 def ecosystem_key(ecosystem: str) -> str | None:
