@@ -6,10 +6,11 @@ CVEs each, every CVE with data for two releases (~280 bytes a CVE), as the real 
 The later inspection is `guestward.inspect.report.build` for a synthetic dpkg inventory of
 `--packages` installed packages (no disk image: only the feed part of `inspect` is measured).
 
-`--src DIR` runs another checkout's `src/` (e.g. the code before the change, from `git archive`), so
-before and after are measured by the same script on the same feed.
+`--before DIR` also runs another checkout's `src/` (the code before the change, e.g. from
+`git archive 5843fd1 src | tar -x -C DIR/..`) on the same feed, after this checkout's; the result is
+written to bench/results/feeds.json.
 
-Usage: .venv/bin/python bench/feeds_bench.py [--sources 40000] [--cves 8] [--src DIR]
+Usage: .venv/bin/python bench/feeds_bench.py [--sources 40000] [--cves 8] [--before DIR]
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +74,7 @@ def main() -> None:
     ap.add_argument("--sources", type=int, default=40000)
     ap.add_argument("--cves", type=int, default=8)
     ap.add_argument("--packages", type=int, default=500)
-    ap.add_argument("--src", type=Path, default=ROOT / "src")
+    ap.add_argument("--before", type=Path, help="the src/ of the code before the change")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="gw-feeds-bench-", dir="/var/tmp") as tmp:
         d = Path(tmp)
@@ -83,11 +86,17 @@ def main() -> None:
         inv.write_text(json.dumps({"os": {"id": "debian", "codename": "bookworm", "version_id": "12"}, "packages": [
             {"name": f"pkg{s}", "source": f"pkg{s}", "version": "1.0-1", "source_version": "1.0-1",
              "manager": "dpkg"} for s in range(0, args.sources, step)]}))
-        result = {"feed_mb": round(feed.stat().st_size / 1e6, 1), "cves": args.sources * args.cves,
-                  "generate_s": round(time.perf_counter() - t, 1), "src": str(args.src),
-                  "update": child(args.src, "update", d / "state", str(feed)),
-                  "inspect": child(args.src, "inspect", d / "state", str(inv))}
+        result: dict[str, object] = {"feed_mb": round(feed.stat().st_size / 1e6, 1), "cves": args.sources * args.cves,
+                                     "installed_packages": len(range(0, args.sources, step)),
+                                     "generate_s": round(time.perf_counter() - t, 1)}
+        for label, src in (("after", ROOT / "src"), ("before", args.before)):
+            if src is None:
+                continue
+            state = d / f"state-{label}"
+            result[label] = {"src": str(src), "update": child(src, "update", state, str(feed)),
+                             "inspect": child(src, "inspect", state, str(inv))}
     print(json.dumps(result, indent=2))
+    write_result("feeds", result)
 
 
 if __name__ == "__main__":

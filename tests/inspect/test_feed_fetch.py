@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from guestward.inspect import feeds
@@ -233,6 +233,11 @@ def test_a_directory_feed_follows_no_symlink_and_reads_nothing_outside(kind: str
         else:
             assert msg == f"{named}: not a regular file or directory (never read)"
         stored.assert_in_force()
+
+
+for _k in HOSTILE:  # every kind at least once
+    test_a_directory_feed_follows_no_symlink_and_reads_nothing_outside = example(kind=_k, depth=1, files=1)(
+        test_a_directory_feed_follows_no_symlink_and_reads_nothing_outside)
 
 
 @pytest.mark.parametrize("special", ["fifo", "/dev/zero"])

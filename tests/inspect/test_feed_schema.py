@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from guestward.inspect import feeds
@@ -118,6 +118,12 @@ def test_an_osv_record_failing_the_schema_refuses_the_feed_naming_it(
         stored.assert_in_force()
 
 
+for _i, _b in enumerate(OSV_BREAKS):  # every break at least once, in every container over the list
+    test_an_osv_record_failing_the_schema_refuses_the_feed_naming_it = example(
+        brk=_b, before=_i % 3, after=1, container=["list", "zip", "dir", "single"][_i % 4])(
+        test_an_osv_record_failing_the_schema_refuses_the_feed_naming_it)
+
+
 @HYP
 @given(brk=st.sampled_from(TRACKER_BREAKS), before=st.integers(0, 4))
 def test_a_tracker_record_failing_the_schema_refuses_the_feed_naming_it(
@@ -135,6 +141,11 @@ def test_a_tracker_record_failing_the_schema_refuses_the_feed_naming_it(
         assert re.fullmatch(rf"{re.escape(str(src))} \(glibc/CVE-2099-9999\): {re.escape(field)}: .+",
                             str(exc.value)), str(exc.value)
         stored.assert_in_force()
+
+
+for _b in TRACKER_BREAKS:
+    test_a_tracker_record_failing_the_schema_refuses_the_feed_naming_it = example(brk=_b, before=1)(
+        test_a_tracker_record_failing_the_schema_refuses_the_feed_naming_it)
 
 
 @pytest.mark.parametrize("doc", ["[]", "{}", "[ ]"])

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from guestward.inspect import feeds
@@ -52,7 +52,8 @@ def _refused(state_dir: Path, source: Path, pattern: str) -> None:
     assert str(exc.value).startswith(str(source)), str(exc.value)
 
 
-ZIP_KINDS = ["ratio", "total", "members", "central-dir", "lying-size", "nested-zip", "not-json"]
+ZIP_KINDS = ["ratio", "total", "members", "central-dir", "lying-size", "nested-zip", "not-json", "corrupt",
+             "encrypted"]
 
 
 @HYP
@@ -86,6 +87,20 @@ def test_zip_bombs_are_refused_before_they_inflate(kind: str, n: int, seed: int)
             _zip(inner, {"a.json": b"[" + b" " * (n << 20) + b"]"})
             _zip(z, {"ok.json": good, "inner.json": inner.read_bytes()})
             pattern = r"member inner\.json: not JSON \(starts with b'P'\)"
+        elif kind == "corrupt":  # the deflate stream of the last member overwritten
+            _zip(z, {"ok.json": good, "bad.json": json.dumps([osv(f"CVE-{i}") for i in range(50 * n)]).encode()})
+            data = bytearray(z.read_bytes())
+            start = data.rfind(b"bad.json", 0, data.find(b"PK\x01\x02")) + len("bad.json")
+            data[start + 10:start + 60] = bytes((seed + i) % 256 for i in range(50))
+            z.write_bytes(bytes(data))
+            pattern = r"member bad\.json: (unreadable: .+|not valid JSON: .+|not JSON .+)"
+        elif kind == "encrypted":  # the general-purpose "encrypted" bit set: needs a password
+            _zip(z, {"ok.json": good, "enc.json": good})
+            data = bytearray(z.read_bytes())
+            i = data.rfind(b"PK\x01\x02")
+            data[i + 8] |= 1
+            z.write_bytes(bytes(data))
+            pattern = r"member enc\.json: unreadable: File <ZipInfo .*> is encrypted, password required for extraction"
         else:
             _zip(z, {"ok.json": good, "junk.json": noise})
             pattern = r"member junk\.json: not JSON"
@@ -95,6 +110,11 @@ def test_zip_bombs_are_refused_before_they_inflate(kind: str, n: int, seed: int)
 
 JSON_KINDS = ["long-string", "long-key", "long-number", "long-array", "deep", "padding", "tracker-cve",
               "tracker-key", "total", "truncated", "scalar-top", "tracker-shape"]
+
+
+for _k in ZIP_KINDS:  # every kind at least once, whatever hypothesis draws
+    test_zip_bombs_are_refused_before_they_inflate = example(kind=_k, n=1, seed=7)(
+        test_zip_bombs_are_refused_before_they_inflate)
 
 
 def _json_variant(kind: str, n: int) -> tuple[bytes, str]:
@@ -143,6 +163,10 @@ def test_huge_or_deep_json_is_refused_per_record(kind: str, n: int) -> None:
         src.write_bytes(data)
         _refused(before.state, src, pattern)
         before.assert_in_force()
+
+
+for _k in JSON_KINDS:
+    test_huge_or_deep_json_is_refused_per_record = example(kind=_k, n=1)(test_huge_or_deep_json_is_refused_per_record)
 
 
 def test_zip_bomb_through_the_cli_in_bounded_memory_and_time(tmp_path: Path) -> None:

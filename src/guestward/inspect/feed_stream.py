@@ -19,11 +19,13 @@ Invariants (each breach is a FeedError naming the file, or the zip member, and t
 
 from __future__ import annotations
 
+import lzma
 import os
 import stat
 import struct
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,7 +263,8 @@ def zip_rows(path: Path, budget: Budget, name: str) -> Iterator[Row]:
                         if first not in (b"{", b"["):
                             raise FeedError(f"{member}: not JSON (starts with {first!r})")
                         yield from _osv_doc(_Prefixed(first, stream), first)
-                except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as exc:
+                except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError,
+                        RuntimeError, zlib.error, lzma.LZMAError) as exc:  # corrupt, encrypted, unsupported
                     raise FeedError(f"{member}: unreadable: {exc}") from None
 
 
