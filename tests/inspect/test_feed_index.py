@@ -92,3 +92,19 @@ def test_a_refused_update_of_the_large_feed_keeps_it(big: tuple[Path, Path], tmp
     assert r.returncode == 2 and re.fullmatch(rf"error: {re.escape(str(broken))}: not valid JSON: .+", r.stderr), r
     assert index.read_bytes() == before
     assert sorted(p.name for p in feeds.feeds_dir(state).iterdir()) == ["tracker.index.sqlite", "tracker.src"]
+
+
+def test_an_index_from_before_sqlite_is_named_and_replaced(tmp_path: Path) -> None:
+    """A `<name>.index.json` (the whole feed as one JSON document, read whole by every inspection) is no
+    longer read: `feeds list` says so, and `feeds update` of that name removes it."""
+    from tests.inspect.feedkit import osv
+    state = tmp_path / "state"
+    feeds.feeds_dir(state).mkdir(parents=True)
+    (feeds.feeds_dir(state) / "Debian.index.json").write_text('{"meta": {}, "index": {}}')
+    r = bounded_cli("feeds", "list", "--state-dir", str(state))
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "note: feed Debian was stored by an older guestward and "
+                                                  "is no longer read: `guestward feeds update` it again"), r
+    src = tmp_path / "Debian.json"
+    src.write_text(json.dumps([osv("CVE-2099-0001")]))
+    feeds.update(state, str(src))
+    assert sorted(p.name for p in feeds.feeds_dir(state).iterdir()) == ["Debian.index.sqlite", "Debian.src"]

@@ -204,3 +204,6 @@ def feeds_list(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     for m in feed_store.list_feeds(sd):
         out.print(f"{m['name']}  {m['format']}  {m['entries']} entries  updated {time.ctime(m['updated_at'])}  "
                   f"from {m['source']}", highlight=False)
+    for name in feed_store.legacy_feeds(sd):
+        err.print(f"note: feed {name} was stored by an older guestward and is no longer read: "
+                  f"`guestward feeds update` it again", highlight=False)

@@ -30,7 +30,7 @@ from guestward.inspect.feed_fetch import check_sha256, fetch
 from guestward.inspect.feed_schema import ecosystem_key
 from guestward.inspect.feed_stream import Budget, FeedError, Limits, feed_rows
 
-__all__ = ["FeedError", "Limits", "ecosystem_key", "feeds_dir", "list_feeds", "load", "update"]
+__all__ = ["FeedError", "Limits", "ecosystem_key", "feeds_dir", "legacy_feeds", "list_feeds", "load", "update"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 INDEX_SUFFIX = ".index.sqlite"
@@ -111,6 +111,13 @@ def _indexes(state_dir: Path) -> list[Path]:
 def list_feeds(state_dir: Path) -> list[dict[str, Any]]:
     """Metadata of every stored feed."""
     return [feed_index.read_meta(p) for p in _indexes(state_dir)]
+
+
+def legacy_feeds(state_dir: Path) -> list[str]:
+    """Names of feeds stored by a guestward before the SQLite index (`<name>.index.json`): no longer
+    read; `feeds update` them again."""
+    d = feeds_dir(state_dir)
+    return sorted(p.name.removesuffix(".index.json") for p in d.glob("[!.]*.index.json")) if d.exists() else []
 
 
 def load(state_dir: Path, keys: list[str], packages: Iterable[str] | None = None
