@@ -283,3 +283,14 @@ def test_cli_sha256_option_and_list(servers: tuple[Server, Server, Path], tmp_pa
     r = bounded_cli("feeds", "list", "--state-dir", str(state))
     assert r.returncode == 0 and re.fullmatch(rf"Debian  osv  1 entries  updated .+  from {re.escape(url)}",
                                               r.stdout.strip()), r
+
+
+@pytest.mark.parametrize("name", ["../x", ".hidden", "a/b", "x" * 65, "a b", "-x"])
+def test_a_feed_name_is_a_plain_file_name(name: str, tmp_path: Path) -> None:
+    stored = stored_feed(tmp_path)
+    src = tmp_path / "Debian.json"
+    src.write_text(json.dumps([osv("CVE-2099-0001")]))
+    with pytest.raises(feeds.FeedError, match=r"^feed name .* is not a plain name \(letters, digits, \. _ \+ -; "
+                                              r"give --name\)$"):
+        feeds.update(stored.state, str(src), name)
+    stored.assert_in_force()
