@@ -1,5 +1,5 @@
 """Vulnerability feeds at size: `feeds update` and the feed lookup of a later inspection, each in its own
-process, with wall time and peak RSS (ru_maxrss of that process).
+process, with wall time and peak RSS (VmHWM of that process).
 
 The feed is generated: a Debian security tracker JSON of `--sources` source packages with `--cves`
 CVEs each, every CVE with data for two releases (~280 bytes a CVE), as the real tracker is shaped.
@@ -28,7 +28,7 @@ from common import write_result
 ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 what, state, arg = sys.argv[2], sys.argv[3], sys.argv[4]
 start = time.perf_counter()
@@ -42,7 +42,8 @@ else:
     rep = report.build("bench", inv, __import__("pathlib").Path(state))
     out = {"findings": sum(1 for f in rep["findings"] if f["type"] == "vulnerability")}
 out["seconds"] = time.perf_counter() - start
-out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM: this process's own peak (ru_maxrss survives exec and may report the forking parent's)
+out["max_rss_mb"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
 print(json.dumps(out))
 """
 

@@ -68,7 +68,12 @@ _WRAP = """
 import atexit, resource, sys
 limit = int(sys.argv.pop(1)) << 20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-atexit.register(lambda: sys.stderr.write(f"\\nmaxrss-kib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n"))
+# VmHWM, not ru_maxrss: ru_maxrss survives exec and so can report the forking parent's size.
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+atexit.register(lambda: sys.stderr.write(f"\\nmaxrss-kib {hwm()}\\n"))
 code = sys.argv.pop(1)
 if code:
     exec(code)
@@ -81,7 +86,8 @@ else:
 
 def bounded_cli(*args: str, address_space_mb: int = 256, timeout: float = 120, code: str = "") -> Run:
     """The real `guestward` command (or Python `code` given `args` as sys.argv[1:]) under RLIMIT_AS (past
-    it, allocation fails in that process instead of the host running out), with wall time and peak RSS."""
+    it, allocation fails in that process instead of the host running out), with wall time and peak RSS
+    (VmHWM of that process)."""
     start = time.monotonic()
     r = subprocess.run([sys.executable, "-c", _WRAP, str(address_space_mb), code, *args], capture_output=True,
                        text=True, timeout=timeout, check=False)
