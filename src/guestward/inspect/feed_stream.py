@@ -110,28 +110,48 @@ class BoundedReader:
 Path_ = tuple[Any, ...]
 
 
+def _build(events: Iterator[tuple[str, Any]], start: str, depth: int, limits: Limits, name: str) -> Any:
+    """The value (at `depth`) whose `start` event was just read, from the events that follow it (a plain
+    container stack: ijson's ObjectBuilder costs a method call per event, and this loop is most of an
+    update's time)."""
+    root: Any = {} if start == "start_map" else []
+    stack: list[Any] = [root]
+    keys: list[Any] = [None]
+    for event, value in events:
+        if event == "map_key":
+            keys[-1] = value
+            continue
+        top = stack[-1]
+        if event == "start_map" or event == "start_array":
+            new: Any = {} if event == "start_map" else []
+            if type(top) is list:
+                top.append(new)
+            else:
+                top[keys[-1]] = new
+            stack.append(new)
+            keys.append(None)
+            if depth + len(stack) > limits.max_depth:
+                raise FeedError(f"{name}: JSON nested deeper than {limits.max_depth}")
+        elif event == "end_map" or event == "end_array":
+            stack.pop()
+            keys.pop()
+            if not stack:
+                return root
+        elif type(top) is list:
+            top.append(value)
+        else:
+            top[keys[-1]] = value
+    raise FeedError(f"{name}: not valid JSON: it ends inside a record")
+
+
 def values_at(stream: BoundedReader, depth: int) -> Iterator[tuple[Path_, Any]]:
     """(path, value) of every JSON value at `depth` (0: the document; 1: items or values of the top
     container; 2: of the containers in it), each built alone."""
     limits = stream.budget.limits
     stack: list[list[Any]] = []  # per open container above `depth`: [is_array, key or index]
-    builder: ijson.ObjectBuilder | None = None
-    inner = 0
     try:
-        for _prefix, event, value in ijson.parse(stream, use_float=True):
-            if builder is not None:
-                builder.event(event, value)
-                if event in _START:
-                    inner += 1
-                    if depth + inner > limits.max_depth:
-                        raise FeedError(f"{stream.name}: JSON nested deeper than {limits.max_depth}")
-                elif event in _END:
-                    inner -= 1
-                    if inner == 0:
-                        yield tuple(s[1] for s in stack), builder.value
-                        builder = None
-                        stream.mark()
-                continue
+        events = iter(ijson.basic_parse(stream, use_float=True))
+        for event, value in events:
             if event == "map_key":
                 stack[-1][1] = value
                 continue
@@ -142,12 +162,11 @@ def values_at(stream: BoundedReader, depth: int) -> Iterator[tuple[Path_, Any]]:
             if stack and stack[-1][0]:
                 stack[-1][1] += 1
             if len(stack) == depth:
+                path = tuple(s[1] for s in stack)
                 if event in _START:
-                    builder, inner = ijson.ObjectBuilder(), 1
-                    builder.event(event, value)
-                else:
-                    yield tuple(s[1] for s in stack), value
-                    stream.mark()
+                    value = _build(events, event, depth, limits, stream.name)
+                yield path, value
+                stream.mark()
             elif event in _START:
                 stack.append([event == "start_array", -1 if event == "start_array" else None])
             else:
