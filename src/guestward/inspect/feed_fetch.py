@@ -7,7 +7,7 @@ unless the operator gives the expected SHA-256, which is then checked; `--sha256
 given (URL or local file). Local files are the operator's own. Other schemes are refused.
 
 Bounds: at most `Limits.max_bytes` bytes are written (download, file, or a directory's files together);
-a directory is copied by `feed_stream.walk`, which never follows a symlink and refuses special files,
+a directory is copied by `feed_tree.walk`, which never follows a symlink and refuses special files,
 so nothing outside the named directory is read.
 """
 
@@ -24,7 +24,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from guestward.inspect.feed_stream import FeedError, Limits, walk
+from guestward.inspect.feed_stream import FeedError, Limits
+from guestward.inspect.feed_tree import walk
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 CHUNK = 1 << 20
@@ -95,7 +96,7 @@ def copy_file(src: Path, dest: Path, sha256: str | None, limits: Limits) -> str:
 
 
 def copy_dir(src: Path, dest: Path, limits: Limits) -> None:
-    """Copy a directory tree of regular files, refusing symlinks and special files (feed_stream.walk)."""
+    """Copy a directory tree of regular files, refusing symlinks and special files (feed_tree.walk)."""
     dest.mkdir()
     total = [0]
     deadline = time.monotonic() + limits.max_seconds

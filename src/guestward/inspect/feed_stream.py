@@ -1,39 +1,26 @@
-"""Reading a stored feed (a JSON file, an OSV zip or an OSV directory) as a stream of index rows, in
-bounded memory and time.
+"""Reading feed JSON as a stream of index rows, in bounded memory and time; the limits of a feed update.
 
 Invariants (each breach is a FeedError naming the file, or the zip member, and the limit):
 - JSON is parsed incrementally (ijson); one record at a time is built, and no record, nor the bytes
   between two records, may exceed `Limits.max_record` bytes of input, give or take one 64 KiB read (a
   300 MB string or key is refused once `max_record` bytes of it were read, not after it was built);
   nesting is at most `max_depth`;
-- a zip is refused before anything is decompressed when its central directory is over
-  `max_central_dir` bytes or `max_members` entries, when a member declares more than `max_ratio` times
-  its compressed size, or when the declared total is over `max_uncompressed`; while decompressing, the
-  same limits are counted on the bytes actually produced;
-- a directory is walked by file descriptor without following symlinks: a symlink, a device or a FIFO
-  inside it is an error (never read), as is a tree deeper than `max_depth` or with more than
-  `max_members` files;
 - everything read (decompressed) counts against `max_uncompressed`, and the whole pass against
   `max_seconds`.
+Zips are read by feed_zip, directories walked by feed_tree, both through these readers.
 """
 
 from __future__ import annotations
 
-import lzma
-import os
-import stat
-import struct
 import time
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import ijson
 
-from guestward.inspect.feed_schema import RecordError, Row, osv_rows, tracker_rows
+from guestward.inspect.feed_schema import Row, osv_rows, tracker_rows
 
 _START = ("start_map", "start_array")
 _END = ("end_map", "end_array")
@@ -176,13 +163,13 @@ def values_at(stream: BoundedReader, depth: int) -> Iterator[tuple[Path_, Any]]:
         raise FeedError(f"{stream.name}: not valid JSON: {str(exc).splitlines()[0]}") from None
 
 
-def _first_token(raw: IO[bytes] | BoundedReader) -> bytes:
+def first_token(raw: IO[bytes] | BoundedReader) -> bytes:
     while (b := raw.read(1)) in (b" ", b"\t", b"\n", b"\r"):
         pass
     return b
 
 
-def _osv_doc(stream: BoundedReader, first: bytes) -> Iterator[Row]:
+def osv_doc(stream: BoundedReader, first: bytes) -> Iterator[Row]:
     """Rows of a JSON file that is one OSV record or a list of them."""
     depth = 1 if first == b"[" else 0
     for path, obj in values_at(stream, depth):
@@ -210,7 +197,7 @@ def json_file_rows(path: Path, budget: Budget, fmt: list[str], name: str) -> Ite
     """Rows of a JSON file (called `name` in errors): the tracker, one OSV record or a list; appends its
     format to `fmt`."""
     with open(path, "rb") as raw:
-        first = _first_token(raw)
+        first = first_token(raw)
     if first == b"{" and _is_tracker(path, name, budget):
         fmt.append("debian-tracker")
         with open(path, "rb") as raw:
@@ -223,71 +210,10 @@ def json_file_rows(path: Path, budget: Budget, fmt: list[str], name: str) -> Ite
         raise FeedError(f"{name}: neither a zip nor JSON (starts with {first!r})")
     fmt.append("osv")
     with open(path, "rb") as raw:
-        yield from _osv_doc(BoundedReader(raw, name, budget), first)
+        yield from osv_doc(BoundedReader(raw, name, budget), first)
 
 
-def _zip_directory(f: IO[bytes], name: str, limits: Limits) -> None:
-    """Refuse a zip whose end record declares too many entries or too large a central directory, before
-    zipfile reads that directory into memory."""
-    f.seek(0, os.SEEK_END)
-    size = f.tell()
-    tail_len = min(size, 0xFFFF + 22 + 20)
-    f.seek(size - tail_len)
-    tail = f.read(tail_len)
-    i = tail.rfind(b"PK\x05\x06")
-    if i < 0 or len(tail) < i + 22:
-        raise FeedError(f"{name}: not a zip (no end of central directory)")
-    entries, cd_size = struct.unpack_from("<HI", tail, i + 10)
-    if i >= 20 and tail[i - 20:i - 16] == b"PK\x06\x07":  # zip64: the real numbers are in its end record
-        f.seek(struct.unpack_from("<Q", tail, i - 20 + 8)[0])
-        rec = f.read(56)
-        if len(rec) == 56 and rec[:4] == b"PK\x06\x06":
-            entries, cd_size = struct.unpack_from("<QQ", rec, 32)
-    if entries > limits.max_members:
-        raise FeedError(f"{name}: {entries} zip members (at most {limits.max_members})")
-    if cd_size > limits.max_central_dir:
-        raise FeedError(f"{name}: a zip central directory of {cd_size} bytes (at most {limits.max_central_dir})")
-
-
-def zip_rows(path: Path, budget: Budget, name: str) -> Iterator[Row]:
-    """Rows of an OSV zip (one record or a list per `*.json` member), checked against the zip limits."""
-    limits = budget.limits
-    with open(path, "rb") as f:
-        _zip_directory(f, name, limits)
-        try:
-            z = zipfile.ZipFile(f)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise FeedError(f"{name}: not a readable zip: {exc}") from None
-        with z:
-            infos = [i for i in z.infolist() if not i.is_dir()]
-            if len(infos) > limits.max_members:
-                raise FeedError(f"{name}: {len(infos)} zip members (at most {limits.max_members})")
-            declared = 0
-            for i in infos:
-                declared += i.file_size
-                if i.file_size > limits.max_ratio * i.compress_size + 4096:
-                    raise FeedError(f"{name}: member {i.filename}: {i.file_size} bytes from {i.compress_size} "
-                                    f"compressed (over {limits.max_ratio}:1: a zip bomb)")
-            if declared > limits.max_uncompressed:
-                raise FeedError(f"{name}: {declared} bytes uncompressed (at most {limits.max_uncompressed})")
-            for i in infos:
-                if not i.filename.endswith(".json"):
-                    continue
-                member = f"{name}: member {i.filename}"
-                try:
-                    with z.open(i) as raw:
-                        cap = min(i.file_size, limits.max_ratio * i.compress_size + 4096)
-                        stream = BoundedReader(raw, member, budget, cap, f"more than the {cap} bytes it may hold")
-                        first = _first_token(stream)
-                        if first not in (b"{", b"["):
-                            raise FeedError(f"{member}: not JSON (starts with {first!r})")
-                        yield from _osv_doc(_Prefixed(first, stream), first)
-                except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError,
-                        RuntimeError, zlib.error, lzma.LZMAError) as exc:  # corrupt, encrypted, unsupported
-                    raise FeedError(f"{member}: unreadable: {exc}") from None
-
-
-class _Prefixed(BoundedReader):
+class Prefixed(BoundedReader):
     """A BoundedReader with a byte already taken from it given back first."""
 
     def __init__(self, head: bytes, inner: BoundedReader) -> None:
@@ -304,90 +230,3 @@ class _Prefixed(BoundedReader):
 
     def mark(self) -> None:
         self.inner.mark()
-
-
-def walk(root: Path, limits: Limits, on_file: Callable[[str, int], None],
-         on_dir: Callable[[str], None] | None = None, label: str | None = None) -> None:
-    """Visit a directory tree by file descriptor, never following a symlink: `on_file(relpath, fd)` for
-    each regular file (fd open for reading), `on_dir(relpath)` for each directory below the root.
-    A symlink, FIFO, socket or device anywhere is a FeedError naming it; so is depth or count over limits."""
-    count = 0
-    shown = label or str(root)
-
-    def visit(dfd: int, rel: str, depth: int) -> None:
-        nonlocal count
-        if depth > limits.max_depth:
-            raise FeedError(f"{shown}/{rel}: directories nested deeper than {limits.max_depth}")
-        for entry in sorted(os.scandir(dfd), key=lambda e: e.name):
-            sub = f"{rel}/{entry.name}" if rel else entry.name
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode):
-                raise FeedError(f"{shown}/{sub}: a symlink in a directory feed (not followed)")
-            if stat.S_ISDIR(st.st_mode):
-                fd = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
-                try:
-                    if on_dir:
-                        on_dir(sub)
-                    visit(fd, sub, depth + 1)
-                finally:
-                    os.close(fd)
-            elif stat.S_ISREG(st.st_mode):
-                count += 1
-                if count > limits.max_members:
-                    raise FeedError(f"{shown}: more than {limits.max_members} files in a directory feed")
-                fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
-                try:
-                    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since scandir
-                        raise FeedError(f"{shown}/{sub}: not a regular file")
-                    on_file(sub, fd)
-                finally:
-                    os.close(fd)
-            else:
-                raise FeedError(f"{shown}/{sub}: not a regular file or directory (never read)")
-
-    try:
-        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise FeedError(f"{shown}: {exc.strerror}") from None
-    try:
-        visit(top, "", 0)
-    except OSError as exc:
-        raise FeedError(f"{shown}: {exc.filename or ''}: {exc.strerror}") from None
-    finally:
-        os.close(top)
-
-
-def dir_rows(root: Path, budget: Budget, label: str) -> Iterator[Row]:
-    """Rows of an OSV directory: every `*.json` file in it (one record or a list), symlinks refused."""
-    files: list[str] = []
-    walk(root, budget.limits, lambda rel, fd: files.append(rel) if rel.endswith(".json") else None, None, label)
-    for rel in files:
-        name = f"{label}/{rel}"
-        with open(root / rel, "rb", opener=lambda p, fl: os.open(p, fl | os.O_NOFOLLOW)) as raw:
-            first = _first_token(raw)
-            if first not in (b"{", b"["):
-                raise FeedError(f"{name}: not JSON (starts with {first!r})")
-            yield from _osv_doc(_Prefixed(first, BoundedReader(raw, name, budget)), first)
-
-
-def feed_rows(path: Path, budget: Budget, fmt: list[str], label: str | None = None) -> Iterator[Row]:
-    """Rows of a stored feed of any supported shape, `label` (default: the path) naming it in errors; its
-    format is appended to `fmt` once known.
-    Schema failures surface as FeedError naming the file and record."""
-    label = label or str(path)
-    try:
-        if path.is_dir():
-            fmt.append("osv")
-            yield from dir_rows(path, budget, label)
-            return
-        with open(path, "rb") as f:
-            magic = f.read(2)
-        if magic == b"PK":
-            fmt.append("osv")
-            yield from zip_rows(path, budget, label)
-        else:
-            yield from json_file_rows(path, budget, fmt, label)
-    except RecordError as exc:
-        raise FeedError(str(exc)) from None
-    except OSError as exc:
-        raise FeedError(f"{label}: {exc.strerror or exc}") from None

@@ -7,7 +7,8 @@ Formats (detected from the content; the feed is operator-supplied, never guest d
   as published by osv.dev (`Debian/all.zip`, saved as `Debian.zip`).
 
 `update` brings the source in (feed_fetch: https, or http/file with a checked SHA-256; bounded; no
-symlink followed), streams it through the schema (feed_stream, feed_schema: bounded memory and time)
+symlink followed), streams it through the schema (feed_stream, feed_zip, feed_tree, feed_schema: bounded
+memory and time)
 into a fresh SQLite index (feed_index), and only when all of that succeeded replaces the stored feed of
 that name: a refused feed leaves the previous one in force. Stored per feed: `<name>.src` (the bytes
 as fetched) and `<name>.index.sqlite` (the match index). Every record must pass the schema: the first
@@ -21,14 +22,16 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from guestward.inspect import feed_index
 from guestward.inspect.feed_fetch import check_sha256, fetch
-from guestward.inspect.feed_schema import ecosystem_key
-from guestward.inspect.feed_stream import Budget, FeedError, Limits, feed_rows
+from guestward.inspect.feed_schema import RecordError, Row, ecosystem_key
+from guestward.inspect.feed_stream import Budget, FeedError, Limits, json_file_rows
+from guestward.inspect.feed_tree import dir_rows
+from guestward.inspect.feed_zip import zip_rows
 
 __all__ = ["FeedError", "Limits", "ecosystem_key", "feeds_dir", "legacy_feeds", "list_feeds", "load", "update"]
 
@@ -89,6 +92,29 @@ def update(state_dir: Path, source: str, name: str | None = None, sha256: str | 
     finally:
         _remove(tmp)
         _remove(tmp_index)
+
+
+def feed_rows(path: Path, budget: Budget, fmt: list[str], label: str | None = None) -> Iterator[Row]:
+    """Rows of a stored feed of any supported shape, `label` (default: the path) naming it in errors; its
+    format is appended to `fmt` once known.
+    Schema failures surface as FeedError naming the file and record."""
+    label = label or str(path)
+    try:
+        if path.is_dir():
+            fmt.append("osv")
+            yield from dir_rows(path, budget, label)
+            return
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic == b"PK":
+            fmt.append("osv")
+            yield from zip_rows(path, budget, label)
+        else:
+            yield from json_file_rows(path, budget, fmt, label)
+    except RecordError as exc:
+        raise FeedError(str(exc)) from None
+    except OSError as exc:
+        raise FeedError(f"{label}: {exc.strerror or exc}") from None
 
 
 def _install(d: Path, name: str, tmp: Path, tmp_index: Path) -> None:
