@@ -183,3 +183,31 @@ def test_valid_variants_are_accepted_with_exactly_their_rows(tmp_path: Path) -> 
                                              "CVE-2099-0005": {**tracker_cve(), "debianbug": 1234, "nodsa": "x"}}}))
     meta = feeds.update(tmp_path / "state", str(tracker))
     assert (meta["format"], meta["entries"], meta["releases"]) == ("debian-tracker", 1, ["debian:bookworm"])
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["id", "modified", "affected", "package", "ranges", "events", "releases", "bookworm",
+                         "status", "fixed_version", "glibc", "CVE-1", "versions", "type", "name", "ecosystem"])
+        | st.text(max_size=8), inner, max_size=5),
+    max_leaves=30)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=_json | st.binary(max_size=200).map(lambda b: b"\x00" + b))
+def test_any_input_is_accepted_or_refused_with_a_feed_error(doc: Any) -> None:
+    """Arbitrary JSON (shaped from both formats' field names) and arbitrary bytes: `update` either stores
+    a feed or raises FeedError naming the file; never another exception, never a half-stored feed."""
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        stored = stored_feed(tmp)
+        src = tmp / "fuzz.json"
+        src.write_bytes(doc if isinstance(doc, bytes) else json.dumps(doc).encode())
+        try:
+            meta = feeds.update(stored.state, str(src), NAME)
+        except feeds.FeedError as exc:
+            assert re.match(rf"{re.escape(str(src))}( \(.+?\))?: .", str(exc)), str(exc)
+            stored.assert_in_force()
+        else:
+            assert feeds.list_feeds(stored.state) == [meta]
