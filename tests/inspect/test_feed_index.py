@@ -108,3 +108,35 @@ def test_an_index_from_before_sqlite_is_named_and_replaced(tmp_path: Path) -> No
     src.write_text(json.dumps([osv("CVE-2099-0001")]))
     feeds.update(state, str(src))
     assert sorted(p.name for p in feeds.feeds_dir(state).iterdir()) == ["Debian.index.sqlite", "Debian.src"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated", "no-meta"])
+def test_a_damaged_index_is_named_never_skipped(damage: str, tmp_path: Path) -> None:
+    """An index that cannot be read fails the lookup (an inspection without that feed would under-report)
+    and `feeds list`, naming the file; `feeds update` of that name replaces it."""
+    import sqlite3
+
+    from tests.inspect.feedkit import osv
+    state = tmp_path / "state"
+    src = tmp_path / "Debian.json"
+    src.write_text(json.dumps([osv("CVE-2099-0001")]))
+    feeds.update(state, str(src))
+    index = feeds.feeds_dir(state) / "Debian.index.sqlite"
+    if damage == "garbage":
+        index.write_bytes(b"not sqlite at all" * 100)
+    elif damage == "empty":
+        index.write_bytes(b"")
+    elif damage == "truncated":
+        index.write_bytes(index.read_bytes()[:1500])
+    else:
+        db = sqlite3.connect(index)
+        db.execute("DELETE FROM meta")
+        db.commit()
+        db.close()
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(index))}: not a readable feed index \(.+\): "
+                                         r"`guestward feeds update` it again$"):
+        feeds.load(state, ["debian:12"], ["glibc"])
+    r = bounded_cli("feeds", "list", "--state-dir", str(state))
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {index}: not a readable feed index"), r
+    feeds.update(state, str(src))
+    assert [e["id"] for e in feeds.load(state, ["debian:12"], ["glibc"])[1]["debian:12"]["glibc"]] == ["CVE-2099-0001"]

@@ -86,7 +86,10 @@ def inspect(
     except (ChainError, WorkerError, HypervisorError, ValueError) as exc:
         raise fail(str(exc)) from None
     at = time.time()
-    rep = reports.build(subject, inventory, sd, at)
+    try:
+        rep = reports.build(subject, inventory, sd, at)
+    except ValueError as exc:  # a damaged feed index: fail, never report without that feed
+        raise fail(str(exc)) from None
     rep["method"] = method
     rep["notes"] += notes
     store = Store(sd / "guestward.db")
@@ -201,7 +204,11 @@ def feeds_update(
 def feeds_list(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     """The stored feeds."""
     sd = state_dir or _config(config, need=False).state_dir
-    for m in feed_store.list_feeds(sd):
+    try:
+        metas = feed_store.list_feeds(sd)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    for m in metas:
         out.print(f"{m['name']}  {m['format']}  {m['entries']} entries  updated {time.ctime(m['updated_at'])}  "
                   f"from {m['source']}", highlight=False)
     for name in feed_store.legacy_feeds(sd):

@@ -54,23 +54,37 @@ class IndexWriter:
         self.db.close()
 
 
+class IndexUnreadable(ValueError):
+    """A stored index that cannot be read (damaged, or not ours): named, never skipped."""
+
+
 def _open(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    db = _open(path)
     try:
-        row = db.execute("SELECT doc FROM meta").fetchone()
-    finally:
-        db.close()
-    meta: dict[str, Any] = json.loads(row[0])
+        db = _open(path)
+        try:
+            row = db.execute("SELECT doc FROM meta").fetchone()
+        finally:
+            db.close()
+        meta: dict[str, Any] = json.loads(row[0])
+    except (sqlite3.Error, TypeError, ValueError) as exc:
+        raise IndexUnreadable(f"{path}: not a readable feed index ({exc}): `guestward feeds update` it again") from None
     return meta
 
 
 def lookup(path: Path, keys: list[str], packages: Iterable[str] | None, into: Index, feed: str) -> None:
     """Add to `into` the entries for `keys` x `packages` (every package of `keys` when None), each
     tagged with its feed's name."""
+    try:
+        _lookup(path, keys, packages, into, feed)
+    except (sqlite3.Error, ValueError) as exc:
+        raise IndexUnreadable(f"{path}: not a readable feed index ({exc}): `guestward feeds update` it again") from None
+
+
+def _lookup(path: Path, keys: list[str], packages: Iterable[str] | None, into: Index, feed: str) -> None:
     db = _open(path)
     try:
         for key in keys:

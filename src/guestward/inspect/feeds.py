@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -78,6 +79,9 @@ def update(state_dir: Path, source: str, name: str | None = None, sha256: str | 
         try:
             for release, package, entry in feed_rows(tmp, budget, fmt, source):
                 writer.add(release, package, entry)
+        except sqlite3.Error as exc:  # the state dir's disk, not the feed
+            writer.abort()
+            raise FeedError(f"{source}: writing its index {tmp_index}: {exc}") from None
         except BaseException:
             writer.abort()
             raise
