@@ -90,7 +90,10 @@ def update(state_dir: Path, source: str, name: str | None = None, sha256: str | 
             raise FeedError(f"{source}: no vulnerability records in it")
         meta = {"name": name, "format": fmt[0], "source": source, "updated_at": time.time(), "sha256": digest,
                 "entries": writer.entries, "releases": sorted(writer.releases)}
-        writer.finish(meta)
+        try:
+            writer.finish(meta)
+        except sqlite3.Error as exc:
+            raise FeedError(f"{source}: writing its index {tmp_index}: {exc}") from None
         _install(d, name, tmp, tmp_index)
         return meta
     finally:
