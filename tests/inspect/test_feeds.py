@@ -4,6 +4,7 @@ one fixed below it, plus decoys (another release, `fixed_version: "0"`, withdraw
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -90,7 +91,8 @@ def test_exactly_the_expected_vulnerabilities(kind: str, inventory: dict[str, An
     fixtures = write_fixtures(tmp_path, inventory)
     meta = feeds.update(tmp_path / "state", str(fixtures[kind]), name=kind)
     assert meta["format"] == ("debian-tracker" if kind == "tracker" else "osv")
-    _, index = feeds.load(tmp_path / "state", match.release_keys(inventory["os"]))
+    sources = {p["source"] for p in inventory["packages"]}
+    _, index = feeds.load(tmp_path / "state", match.release_keys(inventory["os"]), sources)
     found = match.vulnerabilities(inventory, index)
     vuln, _ = _pick(inventory)
     assert {(f["id"], f["package"]) for f in found} == _expected(inventory, vuln["source"])
@@ -142,7 +144,8 @@ def test_feeds_update_from_url(inventory: dict[str, Any], tmp_path: Path) -> Non
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{fixtures['tracker'].name}"
-        meta = feeds.update(tmp_path / "state", url)
+        digest = hashlib.sha256(fixtures["tracker"].read_bytes()).hexdigest()
+        meta = feeds.update(tmp_path / "state", url, sha256=digest)  # plain http only with the checksum
     finally:
         server.shutdown()
     assert meta["name"] == "debian-tracker" and meta["format"] == "debian-tracker" and meta["source"] == url

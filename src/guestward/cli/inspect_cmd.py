@@ -86,7 +86,10 @@ def inspect(
     except (ChainError, WorkerError, HypervisorError, ValueError) as exc:
         raise fail(str(exc)) from None
     at = time.time()
-    rep = reports.build(subject, inventory, sd, at)
+    try:
+        rep = reports.build(subject, inventory, sd, at)
+    except ValueError as exc:  # a damaged feed index: fail, never report without that feed
+        raise fail(str(exc)) from None
     rep["method"] = method
     rep["notes"] += notes
     store = Store(sd / "guestward.db")
@@ -179,15 +182,18 @@ def render(rep: dict[str, Any], delta: dict[str, Any] | None) -> None:
 
 @feeds_app.command("update")
 def feeds_update(
-    source: Annotated[str, typer.Option("--from", help="a feed file, OSV directory or zip, or an http(s) URL")],
+    source: Annotated[str, typer.Option("--from", help="a feed file, OSV directory or zip, or an https URL")],
     name: Annotated[str | None, typer.Option("--name", help="the feed's name (default: from the source)")] = None,
+    sha256: Annotated[str | None, typer.Option("--sha256", help="the file's expected SHA-256 (hex): always "
+                                               "checked; required for an http:// URL")] = None,
     config: ConfigOpt = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Store a vulnerability feed under guestward's state dir (replacing one of the same name)."""
+    """Store a vulnerability feed under guestward's state dir (replacing one of the same name only once
+    the new one is fetched, verified and indexed: a refused feed leaves the stored one in force)."""
     sd = state_dir or _config(config, need=False).state_dir
     try:
-        meta = feed_store.update(sd, source, name)
+        meta = feed_store.update(sd, source, name, sha256)
     except (feed_store.FeedError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
     out.print(f"feed {meta['name']}: {meta['format']}, {meta['entries']} entries for "
@@ -198,7 +204,13 @@ def feeds_update(
 def feeds_list(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     """The stored feeds."""
     sd = state_dir or _config(config, need=False).state_dir
-    metas, _ = feed_store.load(sd, [])
+    try:
+        metas = feed_store.list_feeds(sd)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     for m in metas:
         out.print(f"{m['name']}  {m['format']}  {m['entries']} entries  updated {time.ctime(m['updated_at'])}  "
                   f"from {m['source']}", highlight=False)
+    for name in feed_store.legacy_feeds(sd):
+        err.print(f"note: feed {name} was stored by an older guestward and is no longer read: "
+                  f"`guestward feeds update` it again", highlight=False)

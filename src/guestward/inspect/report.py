@@ -12,7 +12,9 @@ from guestward.inspect.findings import config_findings
 
 def build(subject: str, inventory: dict[str, Any], state_dir: Path | None, at: float | None = None) -> dict[str, Any]:
     keys = match.release_keys(inventory.get("os", {}))
-    metas, index = feeds.load(state_dir, keys) if state_dir else ([], {})
+    # Only the installed source packages' entries are read from the index, not the whole feed.
+    sources = {p["source"] for p in inventory.get("packages", []) if p.get("manager") == "dpkg" and p.get("source")}
+    metas, index = feeds.load(state_dir, keys, sources) if state_dir else ([], {})
     findings = config_findings(inventory) + match.vulnerabilities(inventory, index)
     notes = []
     if not metas:
