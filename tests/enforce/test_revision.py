@@ -9,6 +9,7 @@ every namespace), so "stopped within 1 s" and "no loss" are read off the receive
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -143,7 +144,7 @@ class Stream:
 
     def worst_gap(self) -> float:
         times = [at for at, _ in self.got]
-        return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
+        return max((b - a for a, b in itertools.pairwise(times)), default=float("inf"))
 
 
 class World:
