@@ -159,6 +159,7 @@ class World:
         for i, name in enumerate("abc", start=1):
             self.t.add_guest(name, i, {"zone": name})
         self.enforcer = Enforcer(NftRunner(self.t.host_ns))
+        self.apply_started = 0.0
 
     def apply(self, *policies: str) -> float:
         """Enforce the policies; returns the monotonic time right after the transaction committed."""
@@ -169,6 +170,7 @@ class World:
 
         state = compile_state(Inventory((HOST,), tuple(self.t.guests.values())),
                               parse_policies([(f"p{i}.yaml", p) for i, p in enumerate(policies)]))
+        self.apply_started = time.monotonic()
         self.enforcer.sync(state.hosts[HOST.name])
         return time.monotonic()
 
@@ -250,10 +252,15 @@ def deny(name: str, src: str, dst: str, ports: str = "") -> str:
     return allow(name, src, dst, ports).replace("action: allow", "action: deny")
 
 
-def assert_stopped(s: Stream, applied: float, what: str) -> None:
+def assert_stopped(s: Stream, applied: float, what: str, started: float) -> None:
+    """No message arrived later than STOP_WITHIN after the apply returned; prints when the last one did,
+    from the start of the apply (sync: read-back, diff, one nft transaction) and from its return."""
     assert len(s.before(applied)) > 20, f"{what}: did not flow before the apply ({len(s.got)} messages)"
     late = s.after(applied + STOP_WITHIN)
     assert not late, f"{what}: {len(late)} messages arrived more than {STOP_WITHIN} s after the apply"
+    last = max(at for at, _ in s.got)
+    print(f"\n{what}: last message {1000 * (last - started):.0f} ms after the apply started, "
+          f"{1000 * (last - applied):.0f} ms after it returned (it took {1000 * (applied - started):.0f} ms)")
 
 
 def assert_untouched(s: Stream, applied: float, what: str) -> None:
@@ -275,7 +282,7 @@ def test_a_denied_connection_stops_and_an_allowed_one_flows(world: World, proto:
     denied, kept = Flow(world, proto, "a", "b", 5001), Flow(world, proto, "c", "b", 5002)
     time.sleep(APPLY_AT)
     applied = world.apply(policy(allow("c-b", "c", "b", ports)))
-    assert_stopped(denied.result(), applied, f"{proto} a->b")
+    assert_stopped(denied.result(), applied, f"{proto} a->b", world.apply_started)
     assert_untouched(kept.result(), applied, f"{proto} c->b")
 
 
@@ -292,7 +299,7 @@ def test_denied_at_the_sources_egress_or_the_destinations_ingress(world: World, 
     denied, kept = Flow(world, proto, src, dst, 5001), Flow(world, proto, *other, 5002)
     time.sleep(APPLY_AT)
     applied = world.apply(policy(deny("x", src, dst, ports), allow("y", *other, both)))
-    assert_stopped(denied.result(), applied, f"{proto} {src}->{dst}")
+    assert_stopped(denied.result(), applied, f"{proto} {src}->{dst}", world.apply_started)
     assert_untouched(kept.result(), applied, f"{proto} {other[0]}->{other[1]}")
 
 
@@ -316,7 +323,7 @@ def test_pass_and_deny_across_tiers(world: World) -> None:
     applied = world.apply(policy(allow("pass-a", "a", "b").replace("allow", "pass"), allow("c", "c", "b"),
                                  tier="platform", name="plat"),
                           policy(deny("a-b", "a", "b", "udp/5001")))
-    assert_stopped(denied.result(), applied, "udp a->b")
+    assert_stopped(denied.result(), applied, "udp a->b", world.apply_started)
     assert_untouched(kept.result(), applied, "udp c->b")
 
 
