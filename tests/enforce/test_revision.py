@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from guestward.dataplane.denied import owners
 from guestward.enforce import Enforcer, NftRunner
 from tests.enforce.topology import Topology, sh
 
@@ -160,6 +161,8 @@ class World:
             self.t.add_guest(name, i, {"zone": name})
         self.enforcer = Enforcer(NftRunner(self.t.host_ns))
         self.apply_started = 0.0
+        # Off by default: the other tests show what the ct-mark revision does on its own.
+        self.cutting, self.cut = False, 0
 
     def apply(self, *policies: str) -> float:
         """Enforce the policies; returns the monotonic time right after the transaction committed."""
@@ -168,11 +171,15 @@ class World:
         from guestward.policy import parse_policies
         from tests.enforce.topology import HOST
 
-        state = compile_state(Inventory((HOST,), tuple(self.t.guests.values())),
-                              parse_policies([(f"p{i}.yaml", p) for i, p in enumerate(policies)]))
+        parsed = parse_policies([(f"p{i}.yaml", p) for i, p in enumerate(policies)])
+        state = compile_state(Inventory((HOST,), tuple(self.t.guests.values())), parsed)
         self.apply_started = time.monotonic()
         self.enforcer.sync(state.hosts[HOST.name])
-        return time.monotonic()
+        applied = time.monotonic()
+        if self.cutting:  # as Controller.apply does next: the entries the new policy denies go (denied.py)
+            self.cut = self.enforcer.cut_denied([str(a) for a in state.hosts[HOST.name].dispatch], owners(state),
+                                                parsed)
+        return applied
 
     def ns(self, who: str) -> str:
         return self.t.host_ns if who == "host" else self.t.ns(who)
@@ -343,11 +350,11 @@ def test_a_reply_is_never_judged_as_new(world: World) -> None:
     assert len([1 for at, _ in got if at > applied]) > 50  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a connection whose original side stays silent is not re-judged; "
-                   "its reply-direction traffic flows until conntrack forgets the connection (see revision.py)")
-def test_a_denied_connection_that_only_replies_stops(world: World) -> None:
+def test_a_denied_connection_that_only_answers_stops(world: World) -> None:
     """a asks b once, b streams answers back; the new policy denies a->b. Nothing from a follows the
-    ask, so no original-direction packet is re-judged: b's answers keep coming (the gap this marks)."""
+    ask, so no original-direction packet is re-judged: the apply's cut of denied entries ends it (the
+    answers then meet b's egress as a new b->a flow, which no rule allows)."""
+    world.cutting = True
     world.apply(policy(allow("a-b", "a", "b", "udp/5001")))
     server = world.run("b", REPLY_SERVER, "5001", str(SECONDS))
     _ready(server)
@@ -358,3 +365,19 @@ def test_a_denied_connection_that_only_replies_stops(world: World) -> None:
     got = _result(client)["got"]
     late = [n for at, n in got if at > applied + STOP_WITHIN]  # type: ignore[attr-defined]
     assert not late, f"{len(late)} answers arrived more than {STOP_WITHIN} s after the apply"
+    assert world.cut == 1, world.cut
+    assert len([1 for at, _ in got if at < applied]) > 20  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp", "icmp"])
+def test_the_cut_takes_only_the_denied_connection(world: World, proto: str) -> None:
+    """With the apply's cut: exactly the denied connection's entry goes; the allowed stream loses nothing."""
+    world.cutting = True
+    ports = {"tcp": "tcp/5001-5002", "udp": "udp/5001-5002", "icmp": "icmp"}[proto]
+    world.apply(policy(allow("a-b", "a", "b", ports), allow("c-b", "c", "b", ports)))
+    denied, kept = Flow(world, proto, "a", "b", 5001), Flow(world, proto, "c", "b", 5002)
+    time.sleep(APPLY_AT)
+    applied = world.apply(policy(allow("c-b", "c", "b", ports)))
+    assert world.cut == 1, f"{world.cut} entries cut"
+    assert_stopped(denied.result(), applied, f"{proto} a->b", world.apply_started)
+    assert_untouched(kept.result(), applied, f"{proto} c->b")

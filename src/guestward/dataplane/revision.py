@@ -9,10 +9,9 @@ for connections whose mark names the revision in force (render.py `egress_dispat
 1. established or related, mark == current revision: accept (both directions: the common case);
 2. reply direction: accept. A reply is never judged as if it were a new connection from the responder;
    a denied connection stops at its next original-direction packet (for TCP that includes the ACKs
-   that keep a download going). Known gap: a connection whose original side stays silent (a UDP
-   "ask once, stream answers back") keeps its answers flowing until conntrack forgets it, since its
-   answers refresh the entry; the replies would have to be judged against the original tuple
-   (`ct original ...`) or the controller would have to delete the entries the new policy denies;
+   that keep a download going). A connection whose original side stays silent (a UDP "ask once,
+   stream answers back") sends no such packet, and its answers keep its entry alive: for those the
+   controller's `apply` deletes the entries the new policy denies (denied.py);
 3. related (ICMP errors, expected connections): accept, as before;
 4. any other established packet (original direction, accepted under another revision, or never marked by
    us: opened before guestward ran, or handed over by a migration with the source host's mark) is judged

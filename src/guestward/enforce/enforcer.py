@@ -15,13 +15,15 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from guestward.compile import HostPlan
+from guestward.compile import Endpoint, HostPlan
 from guestward.compile.compiler import HostDelta
 from guestward.dataplane import NftObjects, Settings, diff_objects, render_delta, render_plan
 from guestward.dataplane.readback import parse_tables
+from guestward.policy import Policy
 
 TABLE = "guestward"
 FAMILIES = ("bridge", "inet")
@@ -168,6 +170,18 @@ class Enforcer:
         from guestward.enforce.conntrack import Conntrack  # it builds on this module
 
         return Conntrack(self.runner).delete(addresses)
+
+    def cut_denied(self, addresses: list[str], endpoints: Mapping[str, Endpoint], policies: list[Policy]) -> int:
+        """Delete the conntrack entries from or to `addresses` whose original direction `policies` deny
+        (dataplane/denied.py): the connections that would otherwise only answer on. Returns how many."""
+        from guestward.dataplane.conntrack import delete_lines
+        from guestward.dataplane.denied import denied
+        from guestward.enforce.conntrack import Conntrack  # it builds on this module
+
+        table = Conntrack(self.runner)
+        doomed = denied(table.entries(addresses)[0], endpoints, policies)
+        table.run_script("".join(f"{line}\n" for e in doomed for line in delete_lines(e)))
+        return len(doomed)
 
     def sync(self, plan: HostPlan) -> ApplyResult:
         """Make the kernel hold exactly `plan` in our tables (a full diff against a read-back)."""
