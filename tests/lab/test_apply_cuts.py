@@ -9,6 +9,7 @@ Times are read on web1's own clock (/proc/uptime) around the `apply` command.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def test_an_apply_that_denies_an_open_stream_stops_it_and_spares_the_other(lab: 
     try:
         time.sleep(3)
         before = uptime(lab, "web1")
+        since = time.time()
         started = time.monotonic()
         r = guestward("apply", "-f", str(change))
         took = time.monotonic() - started
@@ -76,3 +78,7 @@ def test_an_apply_that_denies_an_open_stream_stops_it_and_spares_the_other(lab: 
     assert not [e for e in echoes if e > after + 1.0]
     assert sent > 100 and echoed >= sent - 2, f"lb1 -> web1 lost lines: {kept_out}"
     assert gap < 1000, f"lb1 -> web1 stalled {gap} ms: {kept_out}"
+    # and the apply deleted the denied connection's entries on both hosts it crosses (denied.py)
+    events = json.loads(guestward("events", "--kind", "cut-denied", "--json").stdout)
+    cut = {e["subject"]: e["connections"] for e in events if e["at"] >= since and e["at"] < since + took + 1}
+    assert set(cut) == {"hv1", "hv2"} and all(n >= 1 for n in cut.values()), cut
