@@ -30,7 +30,7 @@ def entry(src: End, dst: End, proto: str, port: int) -> Entry:
 def test_cut_exactly_what_the_tables_would_drop(guests: list[Guest], policies: list[Policy]) -> None:
     state = compile_state(Inventory(HOSTS, tuple(guests)), policies)
     tables = {h: render_plan(p) for h, p in state.hosts.items()}
-    ends = owners(state)
+    ends = owners(guests, state)
     for src, dst, proto, port in flows(endpoints(guests, state)):
         e = entry(src, dst, proto, port)
         managed = str(src.endpoint.address) in ends or str(dst.endpoint.address) in ends

@@ -177,8 +177,8 @@ class World:
         self.enforcer.sync(state.hosts[HOST.name])
         applied = time.monotonic()
         if self.cutting:  # as Controller.apply does next: the entries the new policy denies go (denied.py)
-            self.cut = self.enforcer.cut_denied([str(a) for a in state.hosts[HOST.name].dispatch], owners(state),
-                                                parsed)
+            ends = owners(self.t.guests.values(), state)
+            self.cut = self.enforcer.cut_denied([str(a) for a in state.hosts[HOST.name].dispatch], ends, parsed)
         return applied
 
     def ns(self, who: str) -> str:

@@ -16,17 +16,25 @@ from ipaddress import ip_address
 
 from guestward.compile import CompiledState, Endpoint, decide
 from guestward.dataplane.conntrack import Entry
+from guestward.model import Guest
 from guestward.policy import Policy
 
 JUDGED = frozenset({"tcp", "udp", "icmp", "icmpv6"})  # what policies name; others are left alone
 
 
-def owners(state: CompiledState) -> dict[str, Endpoint]:
-    """Every owned guest address (as conntrack prints it) -> its endpoint, from every host's plan."""
+def owners(guests: Iterable[Guest], state: CompiledState) -> dict[str, Endpoint]:
+    """Every address an active guest owns (on any host: the selector sets hold them all), as conntrack
+    prints it -> its endpoint. An address two guests claim belongs to the conflict's owner, or to
+    nobody (`state.conflicts`)."""
+    conflicts = {c.address: c for c in state.conflicts}
     out: dict[str, Endpoint] = {}
-    for plan in state.hosts.values():
-        for addr, ident in plan.dispatch.items():
-            out[str(addr)] = Endpoint(addr, state.identities.get(ident))
+    for g in guests:
+        if not g.active:
+            continue
+        for a in g.addresses:
+            c = conflicts.get(a)
+            if c is None or c.owner == g.name:
+                out[str(a)] = Endpoint(a, g.labels, g.name)
     return out
 
 

@@ -179,11 +179,11 @@ class Controller:
         self.enforced[host] = (plan, generation)
         return commands
 
-    def _cut_denied(self, state: CompiledState, policies: list[Policy]) -> None:
+    def _cut_denied(self, inventory: Inventory, state: CompiledState, policies: list[Policy]) -> None:
         """Delete the open connections the new policies deny (dataplane/denied.py) on every local host.
         The ct-mark revision already stops them at their next original-direction packet; this ends
         the ones that only answer. A failure is logged: the tables are right, the cut is a second line."""
-        endpoints = owners(state)
+        endpoints = owners(inventory.guests, state)
         for host, plan in state.hosts.items():
             if host not in self.local_hosts or not plan.dispatch:
                 continue
@@ -241,7 +241,7 @@ class Controller:
                 except Exception as exc:  # keep rolling back the others
                     log.error("rollback on %s failed: %s", host, exc)
             raise
-        self._cut_denied(desired, policies)
+        self._cut_denied(inventory, desired, policies)
         self.store.put_guests(list(inventory.guests), read_at)
         self.store.put_policies([StoredPolicy(p.name, p.file, p.line, p.source) for p in new],
                                 replace_all=replace_all)
