@@ -213,7 +213,7 @@ class Flow:
         if proto == "icmp":
             self.rx = None
             self.tx = subprocess.Popen(["ip", "netns", "exec", w.ns(src), "ping", "-D", "-n", "-i", "0.01",
-                                        "-w", str(int(SECONDS)), addr], stdout=subprocess.PIPE,
+                                        "-w", str(int(SECONDS) + 1), addr], stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True)
             self.start = time.time()
             self.mono_start = time.monotonic()
