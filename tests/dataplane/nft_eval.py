@@ -4,6 +4,10 @@ A packet crosses a host as br_netfilter makes it: bridge prerouting (-300), brid
 then the inet forward hook. The end of a chain reached by `goto` falls back to the base chain's
 policy, a missed `vmap` lookup goes on with the next rule, `accept` ends the hook. `POLICY_REACHED`
 counts the packets decided by a policy (render.py promises none are: every path ends in a verdict).
+
+Conntrack as far as the rules see it: a packet carries its connection's state, its direction
+(`original` or `reply`) and the connection's ct mark; `ct mark set` changes the mark the packet
+leaves with (`run_hook` returns it), which the caller keeps for the connection's next packets.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class Packet:
     dport: int = 0
     mark: int = 0
     ct_state: str = "new"
+    ct_direction: str = "original"
+    ct_mark: int = 0
 
     @property
     def ip_family(self) -> str:
@@ -63,7 +69,7 @@ def _value(expr: Any, p: Packet) -> Any:
         left, bits = expr["&"]
         return _value(left, p) & bits
     if isinstance(expr, dict) and "ct" in expr:
-        return p.ct_state
+        return {"state": p.ct_state, "direction": p.ct_direction, "mark": p.ct_mark}[expr["ct"]["key"]]
     return expr
 
 
@@ -125,6 +131,11 @@ def run_hook(o: NftObjects, family: str, base: str, p: Packet) -> tuple[str, Pac
             elif "set" in e:  # a limiter update: never over its rate here, and it never decides
                 assert e["set"]["op"] == "update" and e["set"]["set"].startswith("@lim"), e
                 continue
+            elif "mangle" in e and e["mangle"]["key"] == {"ct": {"key": "mark"}}:
+                (kept, keep_mask), bits = e["mangle"]["value"]["|"][0]["&"], e["mangle"]["value"]["|"][1]
+                assert kept == {"ct": {"key": "mark"}}
+                if p.ct_state != "untracked":
+                    p = replace(p, ct_mark=(p.ct_mark & keep_mask) | bits)
             elif "mangle" in e:
                 assert e["mangle"]["key"] == {"meta": {"key": "mark"}}
                 bits = e["mangle"]["value"]["|"][1]
@@ -156,8 +167,13 @@ def run_hook(o: NftObjects, family: str, base: str, p: Packet) -> tuple[str, Pac
 
 def cross_host(o: NftObjects, p: Packet) -> bool:
     """Whether one host lets the packet through: bridge prerouting, bridge forward, inet forward."""
+    return cross_host_marked(o, p)[0]
+
+
+def cross_host_marked(o: NftObjects, p: Packet) -> tuple[bool, int]:
+    """`cross_host`, and the connection's ct mark after the packet (what the next packet carries)."""
     for family, hook in (("bridge", "prerouting"), ("bridge", "forward"), ("inet", "forward")):
         verdict, p = run_hook(o, family, hook, p)
         if verdict != "accept":
-            return False
-    return True
+            return False, p.ct_mark
+    return True, p.ct_mark

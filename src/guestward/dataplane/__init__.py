@@ -9,11 +9,14 @@ guestward owns two tables per host and nothing else:
   forward -200: `oifname vmap @ports-out`: a packet to a known vNIC must be for one of its addresses
     (marked "to a local vNIC"), uplinks pass, unknown ports are dropped.
 `inet guestward` (stateful policy, through br_netfilter's conntrack; TESTBED.md 4.1)
-  forward/input 0: established/related pass; a packet from a local vNIC goes through its identity's
-    egress chain (`ip saddr vmap @eg4`); then every packet to a local guest's address goes through
+  forward/input 0: established/related pass when the connection's ct mark holds the current policy
+    revision (revision.py), replies and related always; anything else is judged: a packet from a
+    local vNIC goes through its identity's egress chain (`ip saddr vmap @eg4`); then every packet to
+    a local guest's address goes through
     that receiver's ingress chain (`ip daddr vmap @in4`), whichever way it came (a local vNIC, an
-    uplink, or routed by the host); both must allow. output 0: the host's own packets to a local
-    guest get the same ingress chain. Identity chains reference one set per selector.
+    uplink, or routed by the host); both must allow, and the accept (chain `accepted`) writes the
+    revision into the connection's mark. output 0: the host's own packets to a local guest get the
+    same ingress chain. Identity chains reference one set per selector.
 
 Every rule carries a counter (counters.py reads them back). Every drop rule is preceded by a log
 rule with the same matches: `update @lim4-R-B { ip saddr limit rate R/second burst B packets }

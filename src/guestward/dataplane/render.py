@@ -13,6 +13,7 @@ from guestward.compile.compiler import HostDelta
 from guestward.compile.plan import EGRESS, ChainPlan, HostPlan, PlannedRule, VnicBinding
 from guestward.dataplane.diff import diff_objects
 from guestward.dataplane.objects import NftChain, NftObjects, NftRule, NftSet
+from guestward.dataplane.revision import ACCEPTED, DEFAULT_MASK, is_current, plan_revision, set_current
 
 BR, INET = "bridge", "inet"
 ND_TYPES = ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]
@@ -26,13 +27,15 @@ class Settings:
     the inet hooks. `log_group`: the NFLOG group every drop is logged to (None: drops are counted, not
     logged); `log_rate`/`log_burst`: logged drops per second per guest, keyed on the guest's address in
     the inet table and on its vNIC in the bridge table, so one flooding guest cannot drown the others'
-    log lines (a drop over the rate is still dropped and counted, just not logged)."""
+    log lines (a drop over the rate is still dropped and counted, just not logged). `revision_mask`: the
+    ct mark bits that hold the policy revision a connection was last accepted under (revision.py)."""
 
     egress_mark: int = 0x10000000
     ingress_mark: int = 0x20000000
     log_group: int | None = 7
     log_rate: int = 20
     log_burst: int = 20
+    revision_mask: int = DEFAULT_MASK
 
 
 # Why a packet was dropped: the first word after "gw" in every drop log prefix.
@@ -149,8 +152,14 @@ def _by_address(settings: Settings, field: str, *extra: Any) -> list[tuple[list[
             for v, fam in ((4, "ip"), (6, "ip6"))]
 
 
-def skeleton(settings: Settings) -> NftObjects:
-    """Every object that does not depend on the plan: sets, maps and base chains.
+def revision(plan: HostPlan, settings: Settings) -> int:
+    """The policy revision `plan`'s tables carry (revision.py), with the settings that shape verdicts."""
+    return plan_revision(plan, settings.revision_mask, f"{settings.egress_mark:#x} {settings.ingress_mark:#x}")
+
+
+def skeleton(settings: Settings, rev: int = 0) -> NftObjects:
+    """Every object that does not depend on the plan: sets, maps and base chains; the base chains and
+    `accepted` carry the policy revision `rev` (revision.py; 0 only for objects never enforced as such).
 
     Every rule carries a counter (`guestward stats` reads them); every drop is logged (`_drop`)."""
     eg, ing = settings.egress_mark, settings.ingress_mark
@@ -212,10 +221,21 @@ def skeleton(settings: Settings) -> NftObjects:
     )))
 
     established = _m({"ct": {"key": "state"}}, ["established", "related"], "in")
+    mask = settings.revision_mask
+
+    def known(hook: str) -> tuple[NftRule, ...]:
+        """The fast accept of known connections (revision.py, steps 1-3); the rest is judged."""
+        return (
+            _rule(f"{hook}: accepted under revision {rev:#x}", established, is_current(mask, rev), COUNTER,
+                  {"accept": None}),
+            _rule(f"{hook}: replies", established, _m({"ct": {"key": "direction"}}, "reply"), COUNTER,
+                  {"accept": None}),
+            _rule(f"{hook}: related", _m({"ct": {"key": "state"}}, "related"), COUNTER, {"accept": None}),
+        )
 
     def egress_dispatch(hook: str) -> tuple[NftRule, ...]:
         return (
-            _rule(f"{hook}: replies and related", established, COUNTER, {"accept": None}),
+            *known(hook),
             # From a local vNIC the sender is the guest; else (only "to a local vNIC") the receiver is.
             *_drop(settings, INVALID, hook, f"{hook}: invalid, from or to a local vNIC",
                    [_m({"&": [_meta("mark"), eg | ing]}, 0, "!="), _m({"ct": {"key": "state"}}, "invalid", "in")],
@@ -241,7 +261,7 @@ def skeleton(settings: Settings) -> NftObjects:
     # The host's own packets (and everything it routes, in forward) to a local guest's address get the
     # receiver's ingress policy too: the address, not the bridge port, names the receiver here.
     o.add_chain(NftChain(INET, "output", (
-        _rule("output: replies and related", established, COUNTER, {"accept": None}),
+        *known("output"),
         _rule("output: to ingress", COUNTER, {"goto": {"target": "ingress"}}),
     ), hook="output", priority=0))
     o.add_chain(NftChain(INET, "ingress", (
@@ -251,7 +271,12 @@ def skeleton(settings: Settings) -> NftObjects:
               {"vmap": {"key": _pl("ip6", "daddr"), "data": "@in6"}}),
         *_drop(settings, NO_IDENTITY, "ingress", "to a local vNIC, receiver without identity: fail closed",
                [_mark_has(ing)], _by_address(settings, "daddr")),
-        _rule("not to a local guest", COUNTER, {"accept": None}),
+        _rule("not to a local guest", COUNTER, {"goto": {"target": ACCEPTED}}),
+    )))
+    # Every accept of a judged packet ends here: the connection is marked with the revision that
+    # accepted it, so its next packets take the fast accept until the policy changes.
+    o.add_chain(NftChain(INET, ACCEPTED, (
+        _rule(f"accepted: revision {rev:#x}", set_current(mask, rev), COUNTER, {"accept": None}),
     )))
     return o
 
@@ -308,7 +333,7 @@ def chain_object(chain: ChainPlan, settings: Settings) -> NftChain:
         label = f"{pr.tier}/{pr.policy}/{pr.rule}" if pr.rule else "quarantine detour"
         verdict = pr.verdict
         if verdict == "allow":
-            verdict = "goto:ingress" if egress else "accept"
+            verdict = "goto:ingress" if egress else f"goto:{ACCEPTED}"
         elif verdict == "deny":
             verdict = "drop"
         for version, family in ((4, "ip"), (6, "ip6")):
@@ -350,7 +375,7 @@ def _add_elements(o: NftObjects, elems: dict[tuple[str, str], list[Any]]) -> Non
 
 def render_plan(plan: HostPlan, settings: Settings = Settings()) -> NftObjects:
     """The complete desired content of guestward's tables for one host."""
-    o = skeleton(settings)
+    o = skeleton(settings, revision(plan, settings))
     for port in sorted(plan.uplinks):
         _add_elements(o, uplink_elements(port))
     for b in plan.vnics.values():
@@ -370,11 +395,18 @@ def render_plan(plan: HostPlan, settings: Settings = Settings()) -> NftObjects:
 def render_delta(old: HostPlan, delta: HostDelta, settings: Settings = Settings()) -> list[dict[str, Any]]:
     """The nft commands that take the tables from `old` to `old + delta`, touching nothing else.
 
-    Builds the touched part of both states and diffs them: O(size of the delta)."""
+    Builds the touched part of both states and diffs them: O(size of the delta), plus O(size of the
+    plan) for the new policy revision, whose chains are rewritten in the same transaction."""
     before, after = NftObjects(), NftObjects()
     for o in (before, after):
         for s in skeleton(settings).sets.values():
             o.add_set(s)
+    new = HostPlan(old.host, old.uplinks, dict(old.vnics), dict(old.dispatch), dict(old.chains), dict(old.sets))
+    delta.apply_to(new)
+    if (rev_old := revision(old, settings)) != (rev_new := revision(new, settings)):
+        for o, rev in ((before, rev_old), (after, rev_new)):
+            for key in ((INET, "forward"), (INET, "input"), (INET, "output"), (INET, ACCEPTED)):
+                o.add_chain(skeleton(settings, rev).chains[key])
     for port, b in delta.vnics.items():
         if (ob := old.vnics.get(port)) is not None:
             _add_elements(before, vnic_elements(ob))

@@ -15,13 +15,15 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from guestward.compile import HostPlan
+from guestward.compile import Endpoint, HostPlan
 from guestward.compile.compiler import HostDelta
 from guestward.dataplane import NftObjects, Settings, diff_objects, render_delta, render_plan
 from guestward.dataplane.readback import parse_tables
+from guestward.policy import Policy
 
 TABLE = "guestward"
 FAMILIES = ("bridge", "inet")
@@ -168,6 +170,25 @@ class Enforcer:
         from guestward.enforce.conntrack import Conntrack  # it builds on this module
 
         return Conntrack(self.runner).delete(addresses)
+
+    def cut_denied(self, addresses: list[str], endpoints: Mapping[str, Endpoint], policies: list[Policy]) -> int:
+        """Delete the conntrack entries from or to `addresses` whose original direction `policies` deny
+        (dataplane/denied.py): the connections that would otherwise only answer on. Returns how many.
+        One listing of the whole table; then one `-D` per denied entry (each walks the table: about
+        24 ms at 10k entries, so a mass denial takes a while; the ct-mark revision has stopped those
+        connections' original direction already)."""
+        from guestward.dataplane.conntrack import delete_lines, parse_extended
+        from guestward.dataplane.denied import denied
+        from guestward.enforce.conntrack import Conntrack  # it builds on this module
+
+        proc = self.runner.run("conntrack", "-L", "-o", "extended")
+        if proc.returncode != 0:
+            raise EnforceError(f"conntrack -L: {proc.stderr.strip()[:500]}")
+        ours = set(addresses)
+        doomed = denied((e for e in parse_extended(proc.stdout)[0] if e.involves(ours)), endpoints, policies)
+        # the entry as listed: its original tuple names it (the reverse orientation is another entry)
+        Conntrack(self.runner).run_script("".join(f"{delete_lines(e)[0]}\n" for e in doomed))
+        return len(doomed)
 
     def sync(self, plan: HostPlan) -> ApplyResult:
         """Make the kernel hold exactly `plan` in our tables (a full diff against a read-back)."""

@@ -27,7 +27,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from guestward.compile import CompiledState, HostPlan, compile_state
+from guestward.dataplane.denied import owners
 from guestward.enforce import Enforcer, NftRunner
+from guestward.enforce.enforcer import EnforceError
 from guestward.hypervisor import domains
 from guestward.hypervisor.errors import HypervisorError
 from guestward.hypervisor.inventory import merge_copies, read_copies, running_twice
@@ -177,6 +179,22 @@ class Controller:
         self.enforced[host] = (plan, generation)
         return commands
 
+    def _cut_denied(self, inventory: Inventory, state: CompiledState, policies: list[Policy]) -> None:
+        """Delete the open connections the new policies deny (dataplane/denied.py) on every local host.
+        The ct-mark revision already stops them at their next original-direction packet; this ends
+        the ones that only answer. A failure is logged: the tables are right, the cut is a second line."""
+        endpoints = owners(inventory.guests, state)
+        for host, plan in state.hosts.items():
+            if host not in self.local_hosts or not plan.dispatch:
+                continue
+            try:
+                cut = self.enforcer(host).cut_denied([str(a) for a in plan.dispatch], endpoints, policies)
+            except (EnforceError, OSError) as exc:
+                log.error("cutting the connections the new policy denies on %s failed: %s", host, exc)
+                continue
+            if cut:
+                self.store.record("cut-denied", host, connections=cut)
+
     def set_label(self, guest: str, key: str, value: str | None, reason: str | None = None) -> dict[str, int]:
         """Set or remove a label on every definition of `guest` (any host), then enforce.
         Raises KeyError when no configured host defines the guest."""
@@ -223,6 +241,7 @@ class Controller:
                 except Exception as exc:  # keep rolling back the others
                     log.error("rollback on %s failed: %s", host, exc)
             raise
+        self._cut_denied(inventory, desired, policies)
         self.store.put_guests(list(inventory.guests), read_at)
         self.store.put_policies([StoredPolicy(p.name, p.file, p.line, p.source) for p in new],
                                 replace_all=replace_all)

@@ -20,7 +20,8 @@ The guard never repairs a change committed by this process's own nft processes (
 What the window between a foreign commit and the repair exposes: a flushed bridge table or inet
 forward chain drops everything (their base chains have `policy drop`, dataplane/render.py); a deleted
 table, or a deleted or changed rule, leaves the traffic the remaining rules allow until the repair.
-Connections opened in that window stay open after it (their packets are "established").
+Connections opened in that window are judged again at their next original-direction packet after it,
+unless the tables left in place marked them with the current policy revision (dataplane/revision.py).
 """
 
 from __future__ import annotations
