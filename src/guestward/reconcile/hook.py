@@ -44,6 +44,8 @@ BIND_OPS = {"prepare", "start", "started", "migrate", "restore", "reconnect"}
 UNBIND_OPS = {"stopped", "release"}
 # Ops where a failing hook makes libvirt abort the start / incoming migration / restore.
 ABORTING_OPS = {"prepare", "start", "migrate", "restore"}
+# Ops at which libvirt has made the guest's taps (they exist, and are this guest's).
+TAP_OWNING_OPS = {"start", "started", "reconnect"}
 LOCK_TIMEOUT = 10.0  # libvirtd waits on us: never forever
 
 
@@ -106,8 +108,10 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
             prev = snapshot.get(seen.uuid)
             if op in BIND_OPS:
                 now_guest = joined(prev, seen, host, time.time())
-                # libvirt gives a tap to one guest at a time: whoever else the snapshot has on it is stale
-                evicted = [left(g, host) for g in snapshot.values() if _shares_a_port(g, seen, host)]
+                # libvirt gives a tap to one guest at a time: once it has made it for this guest,
+                # whoever else the snapshot has on it is stale (an XML's name alone proves nothing)
+                evicted = [left(g, host) for g in snapshot.values()
+                           if op in TAP_OWNING_OPS and _shares_a_port(g, seen, host)]
             elif prev is not None and host in prev.hosts and prev.active:
                 now_guest, evicted = left(prev, host), []
             else:

@@ -1,0 +1,198 @@
+"""The hook never leaves a stale binding and never passes its own fail-closed check (issue 11,
+finding 5). Real nft in a private network namespace; faults: the lock held past the timeout, nft
+failing, the store unreadable, no snapshot yet. Stale elements: on the same tap, with the same MAC,
+with the same address."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from guestward.enforce import NftRunner
+from guestward.reconcile import hook
+from guestward.store.lock import enforcement_lock
+from tests.enforce.hook_world import Dom, FlakyRunner, Nic, World, macs, taps, two_guests, unreadable_store
+
+pytestmark = pytest.mark.nft
+
+FAULTS = ("lock", "nft", "store", "unseeded")
+HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(autouse=True)
+def short_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hook, "LOCK_TIMEOUT", 0.05)
+
+
+@contextmanager
+def world(netns: str) -> Iterator[World]:
+    with tempfile.TemporaryDirectory() as d:
+        w = World(netns, Path(d))
+        w.reset()
+        yield w
+
+
+@contextmanager
+def fault(w: World, kind: str) -> Iterator[None]:
+    """Make the hook's own path (snapshot, lock, compile, full diff) fail in one way."""
+    with ExitStack() as stack:
+        if kind == "lock":
+            stack.enter_context(enforcement_lock(w.state))
+        elif kind == "store":
+            stack.enter_context(unreadable_store(w.state))
+        elif kind == "unseeded":  # a fresh store: no full sync has stored a snapshot yet
+            for suffix in ("", "-wal", "-shm"):
+                (w.state / f"guestward.db{suffix}").unlink(missing_ok=True)
+        yield
+
+
+def runner_for(w: World, kind: str, *, unbinding: bool) -> NftRunner:
+    if kind != "nft":
+        return w.runner
+    # stopped/release: the first transaction (the unbind) goes through, the full diff fails;
+    # a bind op: every transaction that binds anything fails
+    return FlakyRunner(w.netns, fail_from=1) if unbinding else FlakyRunner(w.netns, fail_adds=True)
+
+
+# -- stopped / release -----------------------------------------------------------------------------
+
+@HYP
+@given(pair=two_guests(), op=st.sampled_from(sorted(hook.UNBIND_OPS)), kind=st.sampled_from(FAULTS),
+       renamed=st.booleans())
+def test_a_failed_stop_still_removes_every_element_of_its_ports(netns: str, pair: tuple[Dom, Dom], op: str,
+                                                                kind: str, renamed: bool) -> None:
+    x, bystander = pair
+    with world(netns) as w:
+        # `renamed`: the kernel binds x on a tap name its XML no longer has (found by its MAC)
+        bound_x = x.with_nics(*(Nic(n.mac, n.tap + "o", n.addresses) for n in x.nics)) if renamed else x
+        w.seed([bound_x, bystander])
+        assert w.footprint(bound_x) and w.footprint(bystander)
+        before = {n.tap: w.binding(n.tap) for n in bystander.nics if n.tap}
+        with fault(w, kind):
+            assert w.run(op, x, runner_for(w, kind, unbinding=True)) == 0  # libvirt cannot be stopped
+            assert w.footprint(bound_x) == [] and w.footprint(x) == []
+            # the other guest keeps exactly its binding
+            assert {n.tap: w.binding(n.tap) for n in bystander.nics if n.tap} == before
+
+
+def test_stop_with_nft_failing_entirely_records_it_and_the_next_start_on_that_tap_is_refused(netns: str) -> None:
+    x = Dom("x", (Nic("52:54:00:00:00:0a", "gt-x", ("10.0.0.10",)),))
+    y = Dom("y", (Nic("52:54:00:00:00:0b", "gt-x", ("10.0.0.11",)),), (("zone", "db"),))  # the same tap later
+    with world(netns) as w:
+        w.seed([x])
+        assert w.run("stopped", x, FlakyRunner(w.netns, fail_from=0)) == 0
+        assert w.footprint(x)  # nothing could be deleted: nft refused everything
+        errors = w.store().events("hook-error")
+        assert "could not unbind" in str(errors[0]["error"]) or "nft" in str(errors[0]["error"])
+        with enforcement_lock(w.state):  # and the lock busy: y's start cannot be enforced
+            assert w.run("start", y) == 1
+            assert w.binding("gt-x") == set()  # x's stale binding of the tap is gone: it is dropped
+
+
+# -- prepare / start / migrate / restore ------------------------------------------------------------
+
+@st.composite
+def stale_cases(draw: st.DrawFn) -> tuple[Dom, Dom, str]:
+    """A stale owner x still bound in the kernel, and a guest y sharing its tap, its MAC or its address."""
+    x, _ = draw(two_guests())
+    share = draw(st.sampled_from(("tap", "mac", "address", "all", "none")))
+    nx = x.nics[0]
+    tap = nx.tap if share in ("tap", "all") else draw(taps.filter(lambda t: t not in {n.tap for n in x.nics}))
+    mac = nx.mac if share in ("mac", "all") else draw(macs.filter(lambda m: m not in {n.mac for n in x.nics}))
+    addr = nx.addresses[0] if share in ("address", "all") else "192.168.7.7"
+    return x, Dom("y", (Nic(mac, tap, (addr,)),), (("zone", "db"), ("who", "y"))), share
+
+
+@HYP
+@given(case=stale_cases(), op=st.sampled_from(sorted(hook.ABORTING_OPS)), kind=st.sampled_from(FAULTS),
+       tap_known=st.booleans())
+def test_a_start_the_hook_cannot_enforce_is_aborted_and_leaves_its_tap_unbound(
+        netns: str, case: tuple[Dom, Dom, str], op: str, kind: str, tap_known: bool) -> None:
+    x, y, _share = case
+    with world(netns) as w:
+        w.seed([], enforce=[x])  # x's stop never reached the kernel: its binding is stale
+        before = w.bridge()
+        with fault(w, kind):
+            assert w.run(op, y, runner_for(w, kind, unbinding=False), with_taps=tap_known) == 1
+        tap = y.nics[0].tap
+        # nothing was bound for y; if its tap was known, whatever bound that tap (x) went with it
+        assert w.bridge() == without_port(before, tap if tap_known else None)
+
+
+def without_port(tables: dict[str, Any], tap: str | None) -> dict[str, Any]:
+    def keep(item: Any) -> bool:
+        return tap is None or (item[0] if isinstance(item, tuple) else item) != tap
+
+    return {name: ({k: v for k, v in items.items() if keep(k)} if isinstance(items, dict)
+                   else {i for i in items if keep(i)}) for name, items in tables.items()}
+
+
+@HYP
+@given(case=stale_cases(), op=st.sampled_from(["started", "reconnect"]), kind=st.sampled_from(FAULTS))
+def test_a_guest_already_running_gets_its_tap_unbound_from_a_stale_owner(
+        netns: str, case: tuple[Dom, Dom, str], op: str, kind: str) -> None:
+    x, y, _share = case
+    with world(netns) as w:
+        w.seed([], enforce=[x])
+        before = w.bridge()
+        with fault(w, kind):
+            assert w.run(op, y, runner_for(w, kind, unbinding=False)) == 0  # too late to abort
+        # y's tap is bound to no one (x's binding of it, if any, went); all else as it was
+        assert w.binding(str(y.nics[0].tap)) == set()
+        assert w.bridge() == without_port(before, y.nics[0].tap)
+
+
+def test_start_after_a_good_prepare_may_go_on_with_the_lock_busy_only_if_bound_as_itself(netns: str) -> None:
+    y = Dom("y", (Nic("52:54:00:00:00:0b", "gt-y", ("10.0.0.11", "fd00::11")),))
+    other = Dom("o", (Nic("52:54:00:00:00:0c", "gt-o", ("10.0.0.12",)),), (("zone", "db"),))
+    with world(netns) as w:
+        w.seed([other])
+        assert w.run("prepare", y) == 0
+        own = w.binding("gt-y")
+        with enforcement_lock(w.state):
+            assert w.run("start", y) == 0  # the kernel binds y as y: the start may go on
+            assert w.binding("gt-y") == own
+        # now a stale element puts y's MAC on another port: not provably y's alone any more
+        w.runner.run_json([{"add": {"element": {"family": "bridge", "table": "guestward", "name": "macs",
+                                                 "elem": [{"concat": ["gt-zz", "52:54:00:00:00:0b"]}]}}}])
+        with enforcement_lock(w.state):
+            assert w.run("start", y) == 1
+            assert w.binding("gt-y") == set()  # and the aborted start leaves its tap dropped
+
+
+# -- the snapshot's stale owner --------------------------------------------------------------------
+
+def test_the_attack_of_the_issue_fails_at_every_step(netns: str) -> None:
+    """X stops with the lock held past the timeout; Y, defined with X's tap, MAC and address, starts."""
+    nic = Nic("52:54:00:00:00:0a", "vnet0", ("10.0.0.10",))
+    x = Dom("x", (nic,), (("zone", "web"), ("trust", "high")))
+    y = Dom("y", (nic,), (("zone", "guest"),))
+    with world(netns) as w:
+        w.seed([x])
+        with enforcement_lock(w.state):
+            assert w.run("stopped", x) == 0
+            assert w.footprint(x) == []  # X's tap, MAC and address: bound nowhere
+            assert w.run("prepare", y, with_taps=False) == 1  # libvirt aborts Y's start
+            assert w.run("start", y) == 1
+            assert w.footprint(y) == []
+        # the lock is free again, but the snapshot still has X running on vnet0 (its stop could not
+        # record it): Y's start takes the tap from X in the snapshot and is bound as Y, not as X
+        assert {g.name: g.active for g in w.store().guests()} == {"x": True}
+        assert w.run("prepare", y, with_taps=False) == 0
+        assert w.run("start", y) == 0
+        guests = {g.name: g for g in w.store().guests()}
+        assert guests["x"].active is False and guests["y"].active
+        evicted = w.store().events("hook")[0]
+        assert evicted["evicted"] == ["x"]
+        objects_in = w.bridge()["in4"]
+        assert set(objects_in) == {"10.0.0.10"}
+        ident_y = objects_in["10.0.0.10"]
+        w.seed([x])  # (what binding X looked like, for comparison)
+        assert w.bridge()["in4"]["10.0.0.10"] != ident_y  # Y's identity is not X's
