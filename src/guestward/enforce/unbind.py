@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from guestward.compile.plan import identity_id
 from guestward.dataplane import NftObjects, diff_objects
 from guestward.dataplane.objects import NftSet
 from guestward.dataplane.render import Settings, skeleton
@@ -163,10 +164,20 @@ def bound_elsewhere(objects: NftObjects, fp: Footprint) -> list[str]:
     return sorted(set(found))
 
 
+def _identity(objects: NftObjects, address: str) -> tuple[str | None, str | None]:
+    """The identity chains the inet table dispatches `address` to (egress, ingress)."""
+    v = 6 if ":" in address else 4
+    eg, ing = objects.elements.get((INET, f"eg{v}"), {}), objects.elements.get((INET, f"in{v}"), {})
+    assert isinstance(eg, dict) and isinstance(ing, dict)
+    return eg.get(address), ing.get(address)
+
+
 def foreign_on_own_ports(objects: NftObjects, guest: Guest, host: str) -> list[str]:
     """Elements on the guest's known ports that bind something else than this guest's own MAC and
-    addresses for that vNIC (a stale owner of the tap)."""
+    addresses for that vNIC, or an address of it that the inet table judges as another identity
+    (a stale owner of the tap, even one with the same MAC and address: its labels differ)."""
     found = []
+    own = (f"goto:eg-{identity_id(guest.labels)}", f"goto:in-{identity_id(guest.labels)}")
     for nic in guest.interfaces_on(host):
         if not nic.port:
             continue
@@ -178,13 +189,19 @@ def foreign_on_own_ports(objects: NftObjects, guest: Guest, host: str) -> list[s
         for name in DST_SETS:
             found += [f"{name} {i}" for i in _items(objects, name)
                       if isinstance(i, tuple) and i[0] == nic.port and i[1] not in addresses]
+        for name in BIND_SETS:
+            for i in _items(objects, name):
+                if isinstance(i, tuple) and i[0] == nic.port:
+                    judged = _identity(objects, i[2])
+                    found += [f"{i[2]} judged as {j}" for j, o in zip(judged, own, strict=True) if j not in (None, o)]
     return sorted(found)
 
 
 def bound_as(objects: NftObjects, missing: list[str], guest: Guest, host: str, settings: Settings) -> bool:
     """Every vNIC of the guest has a known tap that is bound to its guards with the guest's own MAC
-    (and at most its own addresses), and no other port carries its MACs or addresses: the kernel
-    already enforces this guest as itself."""
+    (and at most its own addresses, each judged by the identity chains of the guest's own labels),
+    and no other port carries its MACs or addresses: the kernel already enforces this guest as
+    itself."""
     nics = guest.interfaces_on(host)
     if not nics or any(not n.port for n in nics) or not drops_unknown_ports(objects, missing, settings):
         return False
@@ -192,9 +209,13 @@ def bound_as(objects: NftObjects, missing: list[str], guest: Guest, host: str, s
     ports_in = objects.elements.get((BR, "ports-in"), {})
     ports_out = objects.elements.get((BR, "ports-out"), {})
     assert isinstance(ports_in, dict) and isinstance(ports_out, dict)
+    own = (f"goto:eg-{identity_id(guest.labels)}", f"goto:in-{identity_id(guest.labels)}")
     for n in nics:
         if ports_in.get(n.port) != "goto:src-guard" or ports_out.get(n.port) != "goto:dst-guard":
             return False
         if (n.port, n.mac.lower()) not in _items(objects, "macs"):
+            return False
+        bound = {i[2] for name in BIND_SETS for i in _items(objects, name) if isinstance(i, tuple) and i[0] == n.port}
+        if any(_identity(objects, a) != own for a in bound):  # judged as this guest's labels, none else
             return False
     return not foreign_on_own_ports(objects, guest, host) and not bound_elsewhere(objects, fp)
