@@ -5,6 +5,7 @@ table binds, read back from real nft."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -169,7 +170,7 @@ def unreadable_store(state: Path) -> Iterator[None]:
 taps = st.from_regex(r"[a-z][a-z0-9_-]{0,9}", fullmatch=True).map(lambda s: "gt" + s)
 macs = st.integers(1, 2**24 - 1).map(lambda i: "52:54:00:" + ":".join(f"{b:02x}" for b in i.to_bytes(3, "big")))
 v4 = st.integers(1, 2**16 - 2).map(lambda i: f"10.{(i >> 8) & 255}.{i & 255}.1")
-v6 = st.integers(1, 2**32 - 1).map(lambda i: f"fd00::{i >> 16:x}:{i & 0xffff:x}")
+v6 = st.integers(1, 2**32 - 1).map(lambda i: str(ipaddress.IPv6Address(f"fd00::{i >> 16:x}:{i & 0xffff:x}")))
 addresses = st.lists(st.one_of(v4, v6), min_size=1, max_size=3, unique=True).map(tuple)
 
 
