@@ -11,10 +11,18 @@ Contract:
   snapshot and the stored policies; on `stopped` and `release`
   (`end`) it leaves this host. No libvirt call is made (libvirtd is waiting for us), and nothing
   needs the agent: the store on disk is enough.
+- `stopped`/`release` first unbind the guest's ports without the lock (`enforce/unbind.py`: the
+  elements naming its taps and the ports carrying its MACs, and its addresses' identity dispatch),
+  whatever fails afterwards (store, snapshot, lock, compile, the full diff), so no later guest on its
+  tap, with its MAC or its address, can pass as it.
 - it fails closed: a vNIC guestward has not bound gets no traffic (the bridge table drops unknown
-  ports). If the hook cannot enforce (no snapshot yet, the lock busy for 10 s, nft failing) and it
-  cannot see both tables in place with none of the guest's ports bound, it exits 1 on `prepare`,
-  `migrate` and `restore`, and libvirt refuses to start the guest rather than run it unprotected.
+  ports). If the hook cannot enforce (no snapshot yet, the store unreadable, the lock busy for 10 s,
+  nft failing), it unbinds the guest's known taps and exits 1 on `prepare`, `start`, `migrate` and
+  `restore`, so libvirt refuses the start, unless the kernel provably binds every vNIC of the guest
+  as itself already (`bound_as`: its own tap, MAC, addresses and identity; nothing of it elsewhere).
+  On `started` and `reconnect` (too late to abort) it unbinds a tap bound to anyone else.
+- once libvirt has made the guest's taps (`start`, `started`, `reconnect`), any other guest the
+  snapshot still has on one of them is stale and leaves this host in the snapshot.
 - every run is recorded in the event log (`hook` events) with its duration.
 """
 
