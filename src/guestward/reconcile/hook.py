@@ -17,10 +17,10 @@ Contract:
   tap, with its MAC or its address, can pass as it.
 - it fails closed: a vNIC guestward has not bound gets no traffic (the bridge table drops unknown
   ports). If the hook cannot enforce (no snapshot yet, the store unreadable, the lock busy for 10 s,
-  nft failing), it unbinds the guest's known taps and exits 1 on `prepare`, `start`, `migrate` and
-  `restore`, so libvirt refuses the start, unless the kernel provably binds every vNIC of the guest
-  as itself already (`bound_as`: its own tap, MAC, addresses and identity; nothing of it elsewhere).
-  On `started` and `reconnect` (too late to abort) it unbinds a tap bound to anyone else.
+  nft failing), it exits 1 on `prepare`, `start`, `migrate` and `restore`, so libvirt refuses the
+  start, unless the kernel provably binds every vNIC of the guest as itself already (`bound_as`: its
+  own tap, MAC, addresses and identity; nothing of it elsewhere); on `start` it also unbinds the
+  guest's taps, on `started` and `reconnect` (too late to abort) a tap bound to anyone else.
 - once libvirt has made the guest's taps (`start`, `started`, `reconnect`), any other guest the
   snapshot still has on one of them is stale and leaves this host in the snapshot.
 - every run is recorded in the event log (`hook` events) with its duration.
@@ -164,11 +164,12 @@ def _fail_closed(enforcer: Enforcer, seen: Guest | None, host: str, op: str) -> 
     - `stopped`/`release`: the unbind is tried once more; libvirt cannot be stopped anyway (0).
     - a bind op: libvirt may go on only when the kernel already binds every vNIC of the guest as
       itself (`bound_as`: known taps, its MAC and addresses only, none of them bound elsewhere, and
-      the bridge table drops unknown ports). Otherwise the guest's known taps are unbound (a
-      stale owner's binding goes, so the tap is dropped) and `prepare`, `start`, `migrate` and
-      `restore` exit 1, so libvirt aborts the start: a start guestward could not enforce fails,
-      even when its ports are unbound (it would run cut off, and unrecorded, until the next sync).
-      `started` and `reconnect` cannot abort: the unbound taps are dropped by the bridge table."""
+      the bridge table drops unknown ports). Otherwise `prepare`, `start`, `migrate` and `restore`
+      exit 1, so libvirt aborts the start: a start guestward could not enforce fails, even when its
+      ports are unbound (it would run cut off, and unrecorded, until the next sync). Once libvirt
+      has made the guest's taps (`start`, `started`, `reconnect`) they are unbound too: on `start`
+      always, on `started`/`reconnect` (too late to abort) when anyone else's binding is on them,
+      so the bridge table drops them."""
     if seen is None:  # the XML itself could not be read: nothing is known about its ports
         return 1 if op in ABORTING_OPS else 0
     try:
@@ -179,7 +180,9 @@ def _fail_closed(enforcer: Enforcer, seen: Guest | None, host: str, op: str) -> 
         if bound_as(objects, missing, seen, host, enforcer.settings):
             return 0
         own = frozenset(n.port for n in seen.interfaces_on(host) if n.port)
-        if own and (op in ABORTING_OPS or foreign_on_own_ports(objects, seen, host)):
+        # Only a tap libvirt has made for this guest is its own: before that (`prepare`, `migrate`,
+        # `restore`) a name in the XML proves nothing, and unbinding it could cut another guest off.
+        if own and op in TAP_OWNING_OPS and (op in ABORTING_OPS or foreign_on_own_ports(objects, seen, host)):
             unbind(enforcer, Footprint(own, frozenset(), frozenset()))
     except Exception as exc:
         print(f"guestward hook {host} {seen.name} {op}: cannot fail closed: {exc}", file=sys.stderr)
