@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from guestward.enforce import NftRunner
 from guestward.reconcile import hook
 from guestward.store.lock import enforcement_lock
+from tests.enforce.hook_world import HOST as HOST_NAME
 from tests.enforce.hook_world import Dom, FlakyRunner, Nic, World, macs, taps, two_guests, unreadable_store
 
 pytestmark = pytest.mark.nft
@@ -199,3 +200,46 @@ def test_the_attack_of_the_issue_fails_at_every_step(netns: str) -> None:
         ident_y = objects_in["10.0.0.10"]
         w.seed([x])  # (what binding X looked like, for comparison)
         assert w.bridge()["in4"]["10.0.0.10"] != ident_y  # Y's identity is not X's
+
+
+# -- hostile XML -----------------------------------------------------------------------------------
+
+LAUGHS = ('<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">'
+          + "".join(f'<!ENTITY {c} "{("&" + p + ";") * 10}">' for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+          + ']><domain><name>&i;</name></domain>')
+
+
+def many_vnics(n: int) -> str:
+    nics = "".join(f"<interface type='bridge'><mac address='52:54:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:"
+                   f"{i & 255:02x}'/><target dev='v{i}'/></interface>" for i in range(n))
+    return (f"<domain><name>many</name><uuid>11111111-2222-3333-4444-555555555555</uuid>"
+            f"<devices>{nics}</devices></domain>")
+
+
+@pytest.mark.parametrize(("label", "xml", "prepare"), [
+    ("billion laughs", LAUGHS, 1), ("64 MiB of XML", "<domain>" + " " * (64 << 20) + "</domain>", 1),
+    ("20000 vNICs", many_vnics(20000), 0)])  # valid: all bound, then all unbound
+def test_hostile_xml_is_handled_in_bounded_time_and_memory(netns: str, label: str, xml: str, prepare: int) -> None:
+    """The real hook command (as libvirtd runs it, in the host's namespace) under a 1 GiB address
+    space limit: a start it cannot read is refused, a stop still exits 0, both within seconds, and
+    nothing of any other guest is touched."""
+    import subprocess
+    import sys
+    import time
+
+    with world(netns) as w:
+        w.seed([Dom("w", (Nic("52:54:00:00:00:0c", "gt-w", ("10.0.0.12",)),))])
+        before = w.bridge()
+        (w.state / "gw.yaml").write_text(f"state_dir: {w.state}\nhosts: [{{name: {HOST_NAME}, uri: 'test:///default'}}]\n")
+        limit = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+                 "sys.argv = sys.argv[1:]; runpy.run_module('guestward.reconcile.hook', run_name='__main__')")
+        for op, subop, want in (("prepare", "begin", prepare), ("stopped", "end", 0)):
+            start = time.monotonic()
+            proc = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", limit, "hook",
+                                   "--config", str(w.state / "gw.yaml"), "--host", HOST_NAME, "many", op, subop, "-"],
+                                  input=xml, capture_output=True, text=True, timeout=120, check=False)
+            took = time.monotonic() - start
+            assert proc.returncode == want, f"{label} {op}: {proc.returncode} {proc.stderr[-500:]}"
+            assert took < 30, f"{label} {op}: {took:.1f} s"
+            print(f"{label} {op}: exit {proc.returncode} in {took:.2f} s")
+        assert w.bridge() == before  # nothing of anyone else was touched

@@ -172,28 +172,39 @@ def _identity(objects: NftObjects, address: str) -> tuple[str | None, str | None
     return eg.get(address), ing.get(address)
 
 
-def foreign_on_own_ports(objects: NftObjects, guest: Guest, host: str) -> list[str]:
+def by_port(objects: NftObjects) -> dict[str, list[tuple[str, Any]]]:
+    """The bridge elements of each port, as (set, element): one pass, so that checking a guest with
+    many vNICs stays linear in the size of the tables."""
+    out: dict[str, list[tuple[str, Any]]] = {}
+    for name in ("macs", *BIND_SETS, *DST_SETS):
+        for i in _items(objects, name):
+            if isinstance(i, tuple):
+                out.setdefault(str(i[0]), []).append((name, i))
+    return out
+
+
+def foreign_on_own_ports(objects: NftObjects, guest: Guest, host: str,
+                         index: dict[str, list[tuple[str, Any]]] | None = None) -> list[str]:
     """Elements on the guest's known ports that bind something else than this guest's own MAC and
     addresses for that vNIC, or an address of it that the inet table judges as another identity
     (a stale owner of the tap, even one with the same MAC and address: its labels differ)."""
+    index = by_port(objects) if index is None else index
     found = []
     own = (f"goto:eg-{identity_id(guest.labels)}", f"goto:in-{identity_id(guest.labels)}")
     for nic in guest.interfaces_on(host):
         if not nic.port:
             continue
         addresses = {str(a) for a in nic.addresses}
-        for name in ("macs", *BIND_SETS):
-            found += [f"{name} {i}" for i in _items(objects, name)
-                      if isinstance(i, tuple) and i[0] == nic.port and (i[1].lower() != nic.mac.lower()
-                                                                         or (len(i) == 3 and i[2] not in addresses))]
-        for name in DST_SETS:
-            found += [f"{name} {i}" for i in _items(objects, name)
-                      if isinstance(i, tuple) and i[0] == nic.port and i[1] not in addresses]
-        for name in BIND_SETS:
-            for i in _items(objects, name):
-                if isinstance(i, tuple) and i[0] == nic.port:
-                    judged = _identity(objects, i[2])
-                    found += [f"{i[2]} judged as {j}" for j, o in zip(judged, own, strict=True) if j not in (None, o)]
+        for name, i in index.get(nic.port, ()):
+            if name == "macs" and i[1].lower() != nic.mac.lower():
+                found.append(f"{name} {i}")
+            elif name in BIND_SETS:
+                if i[1].lower() != nic.mac.lower() or i[2] not in addresses:
+                    found.append(f"{name} {i}")
+                judged = _identity(objects, i[2])
+                found += [f"{i[2]} judged as {j}" for j, o in zip(judged, own, strict=True) if j not in (None, o)]
+            elif name in DST_SETS and i[1] not in addresses:
+                found.append(f"{name} {i}")
     return sorted(found)
 
 
@@ -210,12 +221,13 @@ def bound_as(objects: NftObjects, missing: list[str], guest: Guest, host: str, s
     ports_out = objects.elements.get((BR, "ports-out"), {})
     assert isinstance(ports_in, dict) and isinstance(ports_out, dict)
     own = (f"goto:eg-{identity_id(guest.labels)}", f"goto:in-{identity_id(guest.labels)}")
+    index = by_port(objects)
     for n in nics:
         if ports_in.get(n.port) != "goto:src-guard" or ports_out.get(n.port) != "goto:dst-guard":
             return False
         if (n.port, n.mac.lower()) not in _items(objects, "macs"):
             return False
-        bound = {i[2] for name in BIND_SETS for i in _items(objects, name) if isinstance(i, tuple) and i[0] == n.port}
+        bound = {i[2] for name, i in index.get(str(n.port), ()) if name in BIND_SETS}
         if any(_identity(objects, a) != own for a in bound):  # judged as this guest's labels, none else
             return False
-    return not foreign_on_own_ports(objects, guest, host) and not bound_elsewhere(objects, fp)
+    return not foreign_on_own_ports(objects, guest, host, index) and not bound_elsewhere(objects, fp)

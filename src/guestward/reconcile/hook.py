@@ -39,7 +39,7 @@ from pathlib import Path
 from guestward.compile import HostPlan, compile_state
 from guestward.enforce import Enforcer, NftRunner
 from guestward.enforce.unbind import Footprint, bound_as, foreign_on_own_ports, unbind, unbind_commands
-from guestward.hypervisor.domain_xml import guest_from_xml
+from guestward.hypervisor.domain_xml import MAX_XML_BYTES, guest_from_xml
 from guestward.model import Guest, Inventory
 from guestward.policy import parse_policies
 from guestward.store.config import Config, load_config
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("subop")
     parser.add_argument("extra", nargs="*")
     args = parser.parse_args(argv)
-    xml = sys.stdin.read()
+    xml = sys.stdin.read(MAX_XML_BYTES + 1)  # more is refused by the parser: never read it all
     try:
         config = load_config(args.config)
     except Exception as exc:
