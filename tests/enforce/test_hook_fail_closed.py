@@ -243,3 +243,62 @@ def test_hostile_xml_is_handled_in_bounded_time_and_memory(netns: str, label: st
             assert took < 30, f"{label} {op}: {took:.1f} s"
             print(f"{label} {op}: exit {proc.returncode} in {took:.2f} s")
         assert w.bridge() == before  # nothing of anyone else was touched
+
+
+# -- real packets ------------------------------------------------------------------------------------
+
+ALLOW_X_TO_B = """
+apiVersion: guestward.dev/v1
+kind: Policy
+metadata: {name: x-to-b}
+spec:
+  tier: application
+  rules:
+    - name: x-to-b
+      action: allow
+      from: {guests: {zone: x}}
+      to: {guests: {zone: b}}
+      ports: [udp/7000]
+"""
+
+
+def test_packets_from_the_tap_mac_and_address_of_a_stopped_guest_are_dropped_with_the_lock_held() -> None:
+    """The issue's attack with real packets: X (allowed to reach B) stops while the lock is held past
+    the timeout; Y then sends on the same tap, with X's MAC and address, and its start is refused:
+    not one of its datagrams reaches B."""
+    import json
+
+    from guestward.store.sqlite import StoredPolicy
+    from tests.enforce.topology import UDP_ECHO, UDP_PROBE, Topology
+
+    topo = Topology()
+    try:
+        topo.up()
+        gx, gb = topo.add_guest("x", 1, {"zone": "x"}), topo.add_guest("b", 2, {"zone": "b"})
+        x, b = (Dom(g.name, tuple(Nic(n.mac, n.port, tuple(str(a) for a in n.addresses)) for n in g.interfaces),
+                    tuple(g.labels.pairs())) for g in (gx, gb))
+        with world(topo.host_ns) as w:
+            store = w.store()
+            store.put_policies([StoredPolicy("x-to-b", "p.yaml", 1, ALLOW_X_TO_B)])
+            store.close()
+            w.seed([x, b])
+            echo = topo.python("b", UDP_ECHO, "7000")
+            try:
+                assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+
+                def probe(seconds: str = "1") -> dict[str, int]:
+                    out, _ = topo.python("x", UDP_PROBE, "10.88.0.2", "7000", seconds).communicate(timeout=30)
+                    return dict(json.loads(out))
+
+                assert probe()["answered"] >= 10  # X is bound and allowed
+                with enforcement_lock(w.state):
+                    assert w.run("stopped", x) == 0
+                    y = Dom("y", x.nics, (("zone", "guest"),))  # X's tap, MAC and address; its own labels
+                    assert w.run("prepare", y, with_taps=False) == 1 and w.run("start", y) == 1
+                    sent = probe("3")  # a lost probe waits 0.5 s: 3 s send about 6
+                    assert sent["sent"] >= 5 and sent["answered"] == 0, sent
+            finally:
+                echo.kill()
+                echo.wait()
+    finally:
+        topo.close()
