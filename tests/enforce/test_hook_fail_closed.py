@@ -293,6 +293,9 @@ def test_packets_from_the_tap_mac_and_address_of_a_stopped_guest_are_dropped_wit
                 assert probe()["answered"] >= 10  # X is bound and allowed
                 with enforcement_lock(w.state):
                     assert w.run("stopped", x) == 0
+                    # the stop alone already cut the tap off, before anyone's start is checked
+                    sent = probe("3")  # a lost probe waits 0.5 s: 3 s send about 6
+                    assert sent["sent"] >= 5 and sent["answered"] == 0, sent
                     y = Dom("y", x.nics, (("zone", "guest"),))  # X's tap, MAC and address; its own labels
                     assert w.run("prepare", y, with_taps=False) == 1 and w.run("start", y) == 1
                     sent = probe("3")  # a lost probe waits 0.5 s: 3 s send about 6
