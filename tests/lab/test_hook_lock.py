@@ -25,6 +25,10 @@ def dispatched(host: str) -> set[str]:
     return {str(k) for name in ("eg4", "in4") for k in objects.elements.get(("inet", name), {})}
 
 
+def recent(kind: str, since: float) -> list[dict[str, object]]:
+    return [e for e in events(kind) if float(e["at"]) >= since]  # type: ignore[arg-type]
+
+
 def test_with_the_lock_held_a_stop_still_unbinds_and_a_start_fails(lab: Lab) -> None:
     spec = lab.scenario().guest("web2")
     uri, address = lab.uri("hv2"), str(spec.address)
@@ -36,7 +40,8 @@ def test_with_the_lock_held_a_stop_still_unbinds_and_a_start_fails(lab: Lab) -> 
         stopped_in = time.monotonic() - start
         table = bridge_table("hv2")
         # nothing of web2 is left in hv2's bridge table: not its tap, nor its MAC, nor its address
-        assert spec.tap not in table and spec.mac not in table and address not in table, table
+        assert spec.tap not in table and spec.mac not in table and address not in table, (
+            f"{table}\n{recent('hook', since)}\n{recent('hook-error', since)}\n{recent('drift', since)}")
         assert address not in dispatched("hv2")
         start = time.monotonic()
         with pytest.raises(HypervisorError, match="hook"):
