@@ -67,7 +67,7 @@ def test_a_busy_lock_makes_the_hook_fail_closed_in_bounded_time(tmp_path: Path, 
     assert hook.run(config(tmp_path), "h1", "release", "end", XML, runner) == 0
     monkeypatch.setattr(hook, "LOCK_TIMEOUT", 0.3)
     with enforcement_lock(tmp_path):  # someone holds it (a stopped `guestward apply`, say)
-        # the tables drop the unbound port: the start may go on, the guest just gets no traffic
-        assert hook.run(config(tmp_path), "h1", "prepare", "begin", XML, runner) == 0
+        # a start the hook could not enforce is aborted, though the tables would drop its port
+        assert hook.run(config(tmp_path), "h1", "prepare", "begin", XML, runner) == 1
         assert bound(netns) == set()
     assert "lock busy" in str(store.events("hook-error")[0]["error"])

@@ -14,6 +14,7 @@ import typer
 
 from guestward.cli.policy_cmd import ConfigOpt, controller, fail, out
 from guestward.reconcile import hook
+from guestward.reconcile.controller import Controller
 from guestward.store.config import config_path
 
 
@@ -61,7 +62,9 @@ def register(app: typer.Typer) -> None:
         libvirt_dir: Annotated[Path, typer.Option(help="libvirt's configuration directory")] = Path("/etc/libvirt"),
         config: ConfigOpt = None,
     ) -> None:
-        """Write LIBVIRT_DIR/hooks/qemu for this host. libvirtd reads hooks when it starts: restart it."""
+        """Write LIBVIRT_DIR/hooks/qemu for this host and seed the inventory snapshot it compiles from
+        (this host's guests read once, and its tables enforced), so the first start after the install is
+        bound rather than refused. libvirtd reads hooks when it starts: restart it."""
         ctl = controller(config)
         try:
             ctl.config.host(host)
@@ -74,6 +77,19 @@ def register(app: typer.Typer) -> None:
         target.write_text(hook.script(sys.executable, config_path(config).resolve(), host))
         target.chmod(0o755)
         out.print(f"installed {target}; restart libvirtd so that it finds the hook", highlight=False)
+        # The hook compiles from the stored snapshot and refuses starts while there is none: seed it.
+        seeding = Controller(ctl.config, only_hosts=[host])
+        try:
+            commands = seeding.sync()
+        except Exception as exc:
+            raise fail(f"{target} installed, but the snapshot could not be seeded ({exc}): the hook refuses "
+                       "starts until `guestward sync` succeeds") from None
+        finally:
+            seeding.store.close()
+        out.print(f"seeded the snapshot from {', '.join(h.name for h in ctl.config.hosts)}: "
+                  f"{commands.get(host, 0)} nft commands on {host}"
+                  + (f" (unreachable, kept as last seen: {', '.join(seeding.unreachable)})" if seeding.unreachable
+                     else ""), highlight=False)
 
     @app.command()
     def events(

@@ -258,10 +258,10 @@ class Compiler:
                 continue
             bound = False
             nics = g.interfaces_on(host)
-            named = [nic.port for nic in nics]
+            named = Counter(nic.port for nic in nics)  # (a count per vNIC would be quadratic)
             for nic in nics:
                 # A port that another guest, or another vNIC of this one, also names is bound to none.
-                if nic.port is None or named.count(nic.port) > 1:
+                if nic.port is None or named[nic.port] > 1:
                     continue
                 if self._port_claims.get((host, nic.port)) != {g.uuid}:
                     continue

@@ -27,6 +27,7 @@ from guestward.policy import Policy
 
 TABLE = "guestward"
 FAMILIES = ("bridge", "inet")
+SYNC_ATTEMPTS = 3  # see Enforcer.sync
 BRIDGE_NF_SYSCTLS = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
 
 
@@ -191,16 +192,27 @@ class Enforcer:
         return len(doomed)
 
     def sync(self, plan: HostPlan) -> ApplyResult:
-        """Make the kernel hold exactly `plan` in our tables (a full diff against a read-back)."""
+        """Make the kernel hold exactly `plan` in our tables (a full diff against a read-back).
+
+        A hook's lock-free unbind (`enforce/unbind.py`) may delete elements between the read-back and
+        the commit; the transaction then fails whole and is recomputed from a fresh read-back (at
+        most `SYNC_ATTEMPTS` times, then the last error is raised)."""
         start = time.monotonic()
         self.ensure_bridge_netfilter()
         desired = render_plan(plan, self.settings)
-        current, missing = self.read()
-        commands = diff_objects(current, desired)
-        if missing:
-            commands = [{"add": {"table": {"family": f, "name": TABLE}}} for f in missing] + commands
-        if commands:
-            self.runner.run_json(commands)
+        for attempt in range(SYNC_ATTEMPTS):
+            current, missing = self.read()
+            commands = diff_objects(current, desired)
+            if missing:
+                commands = [{"add": {"table": {"family": f, "name": TABLE}}} for f in missing] + commands
+            if not commands:
+                break
+            try:
+                self.runner.run_json(commands)
+                break
+            except EnforceError:
+                if attempt == SYNC_ATTEMPTS - 1:
+                    raise
         return ApplyResult(len(commands), time.monotonic() - start)
 
     def apply_delta(self, old: HostPlan, delta: HostDelta) -> ApplyResult:

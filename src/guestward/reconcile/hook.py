@@ -11,10 +11,18 @@ Contract:
   snapshot and the stored policies; on `stopped` and `release`
   (`end`) it leaves this host. No libvirt call is made (libvirtd is waiting for us), and nothing
   needs the agent: the store on disk is enough.
+- `stopped`/`release` first unbind the guest's ports without the lock (`enforce/unbind.py`: the
+  elements naming its taps and the ports carrying its MACs, and its addresses' identity dispatch),
+  whatever fails afterwards (store, snapshot, lock, compile, the full diff), so no later guest on its
+  tap, with its MAC or its address, can pass as it.
 - it fails closed: a vNIC guestward has not bound gets no traffic (the bridge table drops unknown
-  ports). If the hook cannot enforce (no snapshot yet, the lock busy for 10 s, nft failing) and it
-  cannot see both tables in place with none of the guest's ports bound, it exits 1 on `prepare`,
-  `migrate` and `restore`, and libvirt refuses to start the guest rather than run it unprotected.
+  ports). If the hook cannot enforce (no snapshot yet, the store unreadable, the lock busy for 10 s,
+  nft failing), it exits 1 on `prepare`, `start`, `migrate` and `restore`, so libvirt refuses the
+  start, unless the kernel provably binds every vNIC of the guest as itself already (`bound_as`: its
+  own tap, MAC, addresses and identity; nothing of it elsewhere); on `start` it also unbinds the
+  guest's taps, on `started` and `reconnect` (too late to abort) a tap bound to anyone else.
+- once libvirt has made the guest's taps (`start`, `started`, `reconnect`), any other guest the
+  snapshot still has on one of them is stale and leaves this host in the snapshot.
 - every run is recorded in the event log (`hook` events) with its duration.
 """
 
@@ -30,7 +38,8 @@ from pathlib import Path
 
 from guestward.compile import HostPlan, compile_state
 from guestward.enforce import Enforcer, NftRunner
-from guestward.hypervisor.domain_xml import guest_from_xml
+from guestward.enforce.unbind import Footprint, bound_as, foreign_on_own_ports, unbind, unbind_commands
+from guestward.hypervisor.domain_xml import MAX_XML_BYTES, guest_from_xml
 from guestward.model import Guest, Inventory
 from guestward.policy import parse_policies
 from guestward.store.config import Config, load_config
@@ -42,7 +51,9 @@ log = logging.getLogger("guestward.hook")
 BIND_OPS = {"prepare", "start", "started", "migrate", "restore", "reconnect"}
 UNBIND_OPS = {"stopped", "release"}
 # Ops where a failing hook makes libvirt abort the start / incoming migration / restore.
-ABORTING_OPS = {"prepare", "migrate", "restore"}
+ABORTING_OPS = {"prepare", "start", "migrate", "restore"}
+# Ops at which libvirt has made the guest's taps (they exist, and are this guest's).
+TAP_OWNING_OPS = {"start", "started", "reconnect"}
 LOCK_TIMEOUT = 10.0  # libvirtd waits on us: never forever
 
 
@@ -83,10 +94,19 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
     enforcer = Enforcer(runner or NftRunner(None), config.settings())
     name = "?"
     store: Store | None = None
+    seen: Guest | None = None
     try:
-        store = Store(config.state_dir / "guestward.db")
         seen = guest_from_xml(xml, host, True)
         name = seen.name
+        unbound, unbind_error = 0, None
+        if op in UNBIND_OPS:
+            # First, and whatever fails next (store, lock, compile): a stopped guest's ports never
+            # stay bound, so no later guest on its tap, MAC or address can pass as it.
+            try:
+                unbound = unbind(enforcer, Footprint.of(seen, host))
+            except Exception as exc:
+                unbind_error = exc
+        store = Store(config.state_dir / "guestward.db")
         if not store.seeded:
             # No full sync ever stored the snapshot: compiling from it would unbind every other guest
             # of this host. This guest's vNICs stay unbound (dropped) until `guestward sync`.
@@ -96,38 +116,77 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
             prev = snapshot.get(seen.uuid)
             if op in BIND_OPS:
                 now_guest = joined(prev, seen, host, time.time())
+                # libvirt gives a tap to one guest at a time: once it has made it for this guest,
+                # whoever else the snapshot has on it is stale (an XML's name alone proves nothing)
+                evicted = [left(g, host) for g in snapshot.values()
+                           if op in TAP_OWNING_OPS and _shares_a_port(g, seen, host)]
             elif prev is not None and host in prev.hosts and prev.active:
-                now_guest = left(prev, host)
+                now_guest, evicted = left(prev, host), []
             else:
-                return 0
-            snapshot[seen.uuid] = now_guest
-            result = enforcer.sync(snapshot_plan(config, store, list(snapshot.values()), host))
-            store.put_guest(now_guest)
-        store.record("hook", name, host=host, op=f"{op}/{subop}", commands=result.commands,
-                     ms=round((time.monotonic() - start) * 1000, 1))
+                now_guest, evicted = None, []
+            if now_guest is not None:
+                for g in (*evicted, now_guest):
+                    snapshot[g.uuid] = g
+                result = enforcer.sync(snapshot_plan(config, store, list(snapshot.values()), host))
+                for g in (*evicted, now_guest):
+                    store.put_guest(g)
+        if unbind_error is not None and unbind_commands(enforcer.read()[0], Footprint.of(seen, host)):
+            raise RuntimeError(f"could not unbind the stopped guest's ports: {unbind_error}")
+        if op in BIND_OPS and (foreign := foreign_on_own_ports(enforcer.read()[0], seen, host)):
+            raise RuntimeError(f"its tap is bound to another guest: {', '.join(foreign[:4])}")
+        if now_guest is not None or unbound:
+            store.record("hook", name, host=host, op=f"{op}/{subop}", unbound=unbound,
+                         commands=result.commands if now_guest is not None else 0,
+                         evicted=[g.name for g in evicted], ms=round((time.monotonic() - start) * 1000, 1))
         return 0
     except Exception as exc:
         print(f"guestward hook {host} {name} {op}/{subop}: {exc}", file=sys.stderr)
         if store is not None:
             with contextlib.suppress(Exception):  # the store itself may be what failed
                 store.record("hook-error", name, host=host, op=f"{op}/{subop}", error=str(exc))
-        if op in ABORTING_OPS and not _fails_closed(enforcer, xml, host):
-            return 1
-        return 0
+        return _fail_closed(enforcer, seen, host, op)
     finally:
         if store is not None:
             store.close()
 
 
-def _fails_closed(enforcer: Enforcer, xml: str, host: str) -> bool:
-    """Both our tables are in place and none of the guest's ports is bound (to a stale owner, say),
-    so the guest gets no traffic as things stand."""
+def _shares_a_port(other: Guest, seen: Guest, host: str) -> bool:
+    """`other` is another guest live on `host` on one of the tap names `seen` has there."""
+    ours = {n.port for n in seen.interfaces_on(host) if n.port}
+    return (other.uuid != seen.uuid and other.active and host in other.hosts
+            and any(n.port in ours for n in other.interfaces_on(host)))
+
+
+def _fail_closed(enforcer: Enforcer, seen: Guest | None, host: str, op: str) -> int:
+    """After a failed run: leave nothing of the guest usable that the kernel cannot prove is its own,
+    and say whether libvirt may go on.
+
+    - `stopped`/`release`: the unbind is tried once more; libvirt cannot be stopped anyway (0).
+    - a bind op: libvirt may go on only when the kernel already binds every vNIC of the guest as
+      itself (`bound_as`: known taps, its MAC and addresses only, none of them bound elsewhere, and
+      the bridge table drops unknown ports). Otherwise `prepare`, `start`, `migrate` and `restore`
+      exit 1, so libvirt aborts the start: a start guestward could not enforce fails, even when its
+      ports are unbound (it would run cut off, and unrecorded, until the next sync). Once libvirt
+      has made the guest's taps (`start`, `started`, `reconnect`) they are unbound too: on `start`
+      always, on `started`/`reconnect` (too late to abort) when anyone else's binding is on them,
+      so the bridge table drops them."""
+    if seen is None:  # the XML itself could not be read: nothing is known about its ports
+        return 1 if op in ABORTING_OPS else 0
     try:
+        if op in UNBIND_OPS:
+            unbind(enforcer, Footprint.of(seen, host))
+            return 0
         objects, missing = enforcer.read()
-        ports = {nic.port for nic in guest_from_xml(xml, host, True).interfaces}
-    except Exception:
-        return False
-    return not missing and not any(p in ports for p in objects.bound_ports())
+        if bound_as(objects, missing, seen, host, enforcer.settings):
+            return 0
+        own = frozenset(n.port for n in seen.interfaces_on(host) if n.port)
+        # Only a tap libvirt has made for this guest is its own: before that (`prepare`, `migrate`,
+        # `restore`) a name in the XML proves nothing, and unbinding it could cut another guest off.
+        if own and op in TAP_OWNING_OPS and (op in ABORTING_OPS or foreign_on_own_ports(objects, seen, host)):
+            unbind(enforcer, Footprint(own, frozenset(), frozenset()))
+    except Exception as exc:
+        print(f"guestward hook {host} {seen.name} {op}: cannot fail closed: {exc}", file=sys.stderr)
+    return 1 if op in ABORTING_OPS else 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("subop")
     parser.add_argument("extra", nargs="*")
     args = parser.parse_args(argv)
-    xml = sys.stdin.read()
+    xml = sys.stdin.read(MAX_XML_BYTES + 1)  # more is refused by the parser: never read it all
     try:
         config = load_config(args.config)
     except Exception as exc:
