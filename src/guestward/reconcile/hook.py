@@ -43,7 +43,7 @@ from guestward.hypervisor.domain_xml import MAX_XML_BYTES, guest_from_xml
 from guestward.model import Guest, Inventory
 from guestward.policy import parse_policies
 from guestward.store.config import Config, load_config
-from guestward.store.lock import enforcement_lock
+from guestward.store.lock import LockTimeout, enforcement_lock
 from guestward.store.sqlite import Store
 
 log = logging.getLogger("guestward.hook")
@@ -103,7 +103,7 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
             # First, and whatever fails next (store, lock, compile): a stopped guest's ports never
             # stay bound, so no later guest on its tap, MAC or address can pass as it.
             try:
-                unbound = unbind(enforcer, Footprint.of(seen, host))
+                unbound = _unbind_first(enforcer, seen, host, config.state_dir)
             except Exception as exc:
                 unbind_error = exc
         store = Store(config.state_dir / "guestward.db")
@@ -144,10 +144,36 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
         if store is not None:
             with contextlib.suppress(Exception):  # the store itself may be what failed
                 store.record("hook-error", name, host=host, op=f"{op}/{subop}", error=str(exc))
+            if op in UNBIND_OPS and seen is not None and isinstance(exc, LockTimeout):
+                with contextlib.suppress(Exception):
+                    _record_left(store, seen, host)
         return _fail_closed(enforcer, seen, host, op)
     finally:
         if store is not None:
             store.close()
+
+
+def _unbind_first(enforcer: Enforcer, seen: Guest, host: str, state_dir: Path) -> int:
+    """Unbind a stopped guest's ports (`enforce/unbind.py`), under the enforcement lock when it is free
+    at once, else without it. Held, the unbind is a legitimate hold like any other: the agent's drift
+    guard (reconcile/drift.py) sees the generation move and never puts the binding back from its cached
+    tables. Not held, whoever holds the lock keeps the guard from its fast path until it is released,
+    and by then that hold has moved the generation too."""
+    try:
+        with enforcement_lock(state_dir, timeout=0):
+            return unbind(enforcer, Footprint.of(seen, host))
+    except LockTimeout:
+        return unbind(enforcer, Footprint.of(seen, host))
+
+
+def _record_left(store: Store, seen: Guest, host: str) -> None:
+    """The stopped guest leaves `host` in the stored snapshot although the lock could not be had:
+    otherwise the next full repair from the snapshot (the agent's, once the lock is free) would bind
+    its ports again. The snapshot is SQLite, atomic without the lock, and full syncs merge what hooks
+    wrote after their own read (`Controller._newer_from_hook`)."""
+    prev = next((g for g in store.guests() if g.uuid == seen.uuid), None)
+    if prev is not None and prev.active and host in prev.hosts:
+        store.put_guest(left(prev, host))
 
 
 def _shares_a_port(other: Guest, seen: Guest, host: str) -> bool:
