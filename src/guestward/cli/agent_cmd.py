@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from guestward.cli.output import clean, line
 from guestward.cli.policy_cmd import ConfigOpt, controller, fail, out
 from guestward.reconcile import hook
 from guestward.store.config import config_path
@@ -73,7 +74,7 @@ def register(app: typer.Typer) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(hook.script(sys.executable, config_path(config).resolve(), host))
         target.chmod(0o755)
-        out.print(f"installed {target}; restart libvirtd so that it finds the hook", highlight=False)
+        out.print(line(f"installed {target}; restart libvirtd so that it finds the hook"))
 
     @app.command()
     def events(
@@ -89,6 +90,6 @@ def register(app: typer.Typer) -> None:
             return
         for r in rows:
             when = datetime.fromtimestamp(r.pop("at")).isoformat(timespec="milliseconds")
-            print(f"{when} {r.pop('kind')} {r.pop('subject')} {json.dumps(r, sort_keys=True)}")
+            print(clean(f"{when} {r.pop('kind')} {r.pop('subject')} {json.dumps(r, sort_keys=True)}"))
 
 

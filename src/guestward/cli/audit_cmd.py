@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -27,10 +26,11 @@ from guestward.audit.facts import FactError
 from guestward.audit.model import Benchmark, Severity, Status, Waiver
 from guestward.audit.report import benchmark_controls, summary, to_json, to_junit, to_sarif
 from guestward.audit.waivers import parse_waivers
+from guestward.cli.output import console, error_line, text
 from guestward.hypervisor.audit_facts import read_domain_files, read_host_root, read_live
 
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)
+out = console()
+err = console(stderr=True)
 
 COLOUR = {Severity.critical: "bold red", Severity.high: "red", Severity.medium: "yellow", Severity.low: "cyan",
           Severity.info: "dim"}
@@ -46,7 +46,7 @@ class Format(StrEnum):
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}", highlight=False)
+    err.print(error_line(message))
     return typer.Exit(2)
 
 
@@ -93,7 +93,8 @@ def audit_cmd(
     if list_checks:
         t = Table("id", "severity", "scope", "title", title=f"{len(checks)} checks")
         for c in checks:
-            t.add_row(c.id, Text(c.spec.severity.value, COLOUR[c.spec.severity]), c.spec.scope, Text(c.spec.title))
+            t.add_row(text(c.id), text(c.spec.severity.value, COLOUR[c.spec.severity]), text(c.spec.scope),
+                      text(c.spec.title))
         out.print(t)
         return
     if not (targets or uri or host_root):
@@ -129,15 +130,15 @@ def audit_cmd(
         render_table(report, bench, show)
     else:
         if fmt is Format.json:
-            text = json.dumps(to_json(report, bench), indent=2) + "\n"
+            body = json.dumps(to_json(report, bench), indent=2) + "\n"
         elif fmt is Format.sarif:
-            text = json.dumps(to_sarif(report, __version__), indent=2) + "\n"
+            body = json.dumps(to_sarif(report, __version__), indent=2) + "\n"
         else:
-            text = to_junit(report) + "\n"
+            body = to_junit(report) + "\n"
         if output:
-            output.write_text(text)
+            output.write_text(body)
         else:
-            sys.stdout.write(text)
+            sys.stdout.write(body)
     raise typer.Exit(exit_status(report, fail_on))
 
 
@@ -158,26 +159,26 @@ def render_table(report: Report, bench: Benchmark | None, show: str) -> None:
         by_subject.setdefault(r.subject, []).append(r)
     for subject, rs in by_subject.items():
         rs.sort(key=lambda r: (-r.severity.rank, r.check))
-        t = Table(title=Text(subject, "bold"), title_justify="left", show_lines=False, expand=False)
+        t = Table(title=text(subject, "bold"), title_justify="left", show_lines=False, expand=False)
         for col in ("check", "severity", "status", "condition", "finding"):
             t.add_column(col, overflow="fold")
         for r in rs:
             spec = report.checks[r.check].spec
             finding = r.message + (f" [waived: {r.waiver}]" if r.waiver else "")
-            t.add_row(r.check, Text(r.severity.value, COLOUR[r.severity]),
-                      Text(r.status.value, STATUS_COLOUR[r.status]), Text(spec.title), Text(finding))
+            t.add_row(text(r.check), text(r.severity.value, COLOUR[r.severity]),
+                      text(r.status.value, STATUS_COLOUR[r.status]), text(spec.title), text(finding))
         out.print(t)
     for e in report.errors:
-        out.print(Text(f"input error: {e.source}: {e.message}", "bold red"))
+        out.print(text(f"input error: {e.source}: {e.message}", "bold red"))
     for w in report.expired_waivers:
-        out.print(Text(f"expired waiver: {w.check} for {w.where} expired {w.expires} ({w.justification})", "magenta"))
+        out.print(text(f"expired waiver: {w.check} for {w.where} expired {w.expires} ({w.justification})", "magenta"))
     if bench is not None:
-        t = Table("control", "status", "checks", "failing", title=Text(f"benchmark {bench.id}: {bench.title}", "bold"),
+        t = Table("control", "status", "checks", "failing", title=text(f"benchmark {bench.id}: {bench.title}", "bold"),
                   title_justify="left")
         for row in benchmark_controls(report, bench):
             colour = {"pass": "green", "fail": "red", "error": "bold red"}.get(row["status"], "dim")
-            t.add_row(Text(row["control"]), Text(row["status"], colour),
-                      Text(", ".join(row["checks"]) or (row["note"] or "")), ", ".join(row["failing_checks"]))
+            t.add_row(text(row["control"]), text(row["status"], colour),
+                      text(", ".join(row["checks"]) or (row["note"] or "")), text(", ".join(row["failing_checks"])))
         out.print(t)
     s = summary(report)
     fails = ", ".join(f"{n} {sev}" for sev, n in reversed(s["failed_by_severity"].items()) if n)
