@@ -12,8 +12,9 @@ Contract:
 * `clean(value)` -> `str`: every character a terminal would act on or that is invisible (C0 and C1
   controls, DEL, newline and tab too, Unicode format characters such as bidi overrides, zero-width
   and BOM, line/paragraph separators, lone surrogates that stand for undecodable bytes, private-use
-  and unassigned code points) becomes a visible escape (`\\x1b`, `\\u202e`, `\\udcff`); everything
-  else is kept as it is. Bytes are decoded as UTF-8 with invalid bytes shown as `\\xNN`. Idempotent
+  and unassigned code points) becomes a visible escape (`\\x1b`, `\\u202e`); everything else is kept
+  as it is. Bytes are decoded as UTF-8 with invalid bytes shown as `\\xNN`, and so is a str that
+  carries undecodable bytes as surrogateescape stand-ins (`os.fsdecode` of a file name). Idempotent
   in what it shows: the result contains no character that `clean` would change.
 * `text(value, style)` -> `rich.text.Text`: the cleaned value as a Text, which rich never parses for
   markup or emoji: use it for table cells and for anything passed to `Console.print`.
@@ -29,6 +30,7 @@ non-ASCII character, and the reader is a program.
 
 from __future__ import annotations
 
+import os
 import sys
 import unicodedata
 from dataclasses import dataclass
@@ -51,6 +53,8 @@ def _unsafe(ch: str) -> bool:
 
 def _escape_char(ch: str) -> str:
     n = ord(ch)
+    if 0xDC80 <= n <= 0xDCFF:  # surrogateescape's stand-in for an undecodable byte: show the byte
+        return f"\\x{n - 0xDC00:02x}"
     if n < 0x100:
         return f"\\x{n:02x}"
     if n < 0x10000:
@@ -110,7 +114,8 @@ def error_line(message: object) -> Text:
 
 def console(stderr: bool = False) -> Console:
     """A Console for guestward's output: our markup, no emoji codes, no highlighter recolouring data;
-    stdout on a pipe gets full-width tables (160 columns) so CI logs and tests see whole rows."""
+    stdout on a pipe gets full-width tables (160 columns, or $COLUMNS) so CI logs and tests see whole rows."""
     if stderr:
         return Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
-    return Console(width=None if sys.stdout.isatty() else 160, emoji=False, highlight=False)
+    wide = sys.stdout.isatty() or "COLUMNS" in os.environ  # rich reads $COLUMNS itself
+    return Console(width=None if wide else 160, emoji=False, highlight=False)
