@@ -169,9 +169,10 @@ def render_table(report: Report, bench: Benchmark | None, show: str) -> None:
                       text(r.status.value, STATUS_COLOUR[r.status]), text(spec.title), text(finding))
         out.print(t)
     for e in report.errors:
-        out.print(text(f"input error: {e.source}: {e.message}", "bold red"))
+        out.print(text(f"input error: {e.source}: {e.message}", "bold red"), soft_wrap=True)  # one line each
     for w in report.expired_waivers:
-        out.print(text(f"expired waiver: {w.check} for {w.where} expired {w.expires} ({w.justification})", "magenta"))
+        out.print(text(f"expired waiver: {w.check} for {w.where} expired {w.expires} ({w.justification})", "magenta"),
+                  soft_wrap=True)
     if bench is not None:
         t = Table("control", "status", "checks", "failing", title=text(f"benchmark {bench.id}: {bench.title}", "bold"),
                   title_justify="left")

@@ -114,8 +114,14 @@ def error_line(message: object) -> Text:
 
 def console(stderr: bool = False) -> Console:
     """A Console for guestward's output: our markup, no emoji codes, no highlighter recolouring data;
-    stdout on a pipe gets full-width tables (160 columns, or $COLUMNS) so CI logs and tests see whole rows."""
+    stdout on a pipe gets full-width tables (160 columns, or $COLUMNS if wider) so CI logs and tests
+    see whole rows."""
     if stderr:
         return Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
-    wide = sys.stdout.isatty() or "COLUMNS" in os.environ  # rich reads $COLUMNS itself
-    return Console(width=None if wide else 160, emoji=False, highlight=False)
+    if sys.stdout.isatty():
+        return Console(emoji=False, highlight=False)
+    try:
+        wide = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        wide = 0
+    return Console(width=max(160, wide), emoji=False, highlight=False)
