@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import yaml
@@ -158,3 +160,34 @@ def test_inspect_report_shows_image_text_escaped_and_hides_no_finding(value: str
     for needle in (f"image:/x/{shown(value)}", f"  {shown(value)}  hostname {shown(value)}", f"Title: {shown(value)}"):
         assert needle in bare
     assert f"note: {shown(value)}" in SGR.sub("", err) and f"users: {shown(value)}" in SGR.sub("", err)
+
+
+@given(fname=hostile())
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_audit_json_sarif_and_junit_carry_hostile_text_as_escapes(tmp_path_factory, fname: str) -> None:  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("fmt")
+    path = os.path.join(os.fsencode(tmp), os.fsencode(fname.replace("/", "_").replace("\x00", "_"))[:150] + b".xml")
+    with open(path, "wb") as f:
+        f.write(DOMAIN.format(name="g", label="x").encode())
+    for fmt in ("json", "sarif", "junit"):
+        r = _run("audit", os.fsdecode(path), "-f", fmt)
+        assert r.returncode == 0, r.stderr
+        assert all(b == 0x0A or 0x20 <= b < 0x7F for b in r.stdout) or fmt == "junit", fmt  # json.dumps: ASCII
+        out = _text(r.stdout)
+        if fmt == "junit":  # for programs: no control character (XML 1.0 cannot hold them), the rest as is
+            assert [c for c in out if c != "\n" and unicodedata.category(c) in ("Cc", "Cs")] == []
+            suites = ET.fromstring(r.stdout)  # well-formed whatever the file name held
+            assert suites.get("failures") != "0"
+        else:
+            # the exact path survives, as JSON escapes (undecodable bytes as \udcNN, what os.fsdecode makes)
+            assert any(os.fsdecode(path) in s for s in _strings(json.loads(r.stdout))), fmt
+
+
+def _strings(doc: object) -> list[str]:
+    if isinstance(doc, str):
+        return [doc]
+    if isinstance(doc, dict):
+        return [s for v in doc.values() for s in _strings(v)]
+    if isinstance(doc, list):
+        return [s for v in doc for s in _strings(v)]
+    return []

@@ -8,6 +8,7 @@ catalogue, applies waivers, and prints a table or writes JSON, SARIF 2.1.0 or JU
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -129,16 +130,13 @@ def audit_cmd(
     if fmt is Format.table:
         render_table(report, bench, show)
     else:
-        if fmt is Format.json:
-            body = json.dumps(to_json(report, bench), indent=2) + "\n"
-        elif fmt is Format.sarif:
-            body = json.dumps(to_sarif(report, __version__), indent=2) + "\n"
-        else:
-            body = to_junit(report) + "\n"
-        if output:
-            output.write_text(body)
-        else:
-            sys.stdout.write(body)
+        with output.open("w") if output else contextlib.nullcontext(sys.stdout) as fh:
+            if fmt is Format.junit:
+                fh.write(to_junit(report) + "\n")
+            else:  # streamed: a large report is never also held as one string
+                json.dump(to_json(report, bench) if fmt is Format.json else to_sarif(report, __version__), fh,
+                          indent=2)
+                fh.write("\n")
     raise typer.Exit(exit_status(report, fail_on))
 
 
