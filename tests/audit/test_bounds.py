@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guestward.audit.catalogue import load_catalogue
-from guestward.audit.engine import MAX_DOMAINS_PER_RUN, MAX_MESSAGE, audit, parse_domains
+from guestward.audit.engine import MAX_DOMAINS_PER_RUN, MAX_ELEMENTS_PER_RUN, MAX_MESSAGE, audit, parse_domains
 from guestward.audit.facts import MAX_DOMAINS_PER_FILE, MAX_ELEMENTS_PER_FILE, parse_domain, parse_domain_file
 from tests.conftest import GUESTWARD
 
@@ -156,3 +156,18 @@ def test_invalid_utf8_in_a_run_is_an_error_for_that_document_not_a_traceback(tmp
     subjects = {x["subject"].split(" (")[0] for x in doc["results"]}
     assert subjects == {"domain install", "domain boot", "domain good"}
     assert any(x["check"] == "LVD-001" and x["status"] == "fail" and "boot" in x["subject"] for x in doc["results"])
+
+
+def test_a_run_holds_at_most_max_elements_and_names_every_file_left_out(tmp_path: Path) -> None:
+    per = MAX_ELEMENTS_PER_FILE - 10_000  # each file under its own cap; together over the run's
+    fits = MAX_ELEMENTS_PER_RUN // (per + 3)
+    for i in range(fits + 2):
+        (tmp_path / f"f{i:02d}.xml").write_text(f"<domain><name>g{i}</name><devices>" + "<a/>" * per
+                                                 + "</devices></domain>")
+    r, took = _audit(str(tmp_path), "-f", "json", "--check", "LVD-001")
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    assert len(doc["results"]) == fits
+    assert [e["source"] for e in doc["input_errors"]] == [str(tmp_path / f"f{i:02d}.xml") for i in (fits, fits + 1)]
+    assert all(f"would take this run past {MAX_ELEMENTS_PER_RUN}" in e["message"] for e in doc["input_errors"])
+    assert took < 60

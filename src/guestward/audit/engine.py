@@ -35,6 +35,7 @@ NAMESPACES = {"qemu": QEMU_NS, "gw": NS}
 # need them all at once), and how far ahead a guest's own XML may waive a finding.
 MAX_MESSAGE = 2000
 MAX_DOMAINS_PER_RUN = 5000
+MAX_ELEMENTS_PER_RUN = 2_000_000  # the trees every domain of a run keeps until the fleet checks ran (~300 MB)
 MAX_XML_WAIVER_DAYS = 90
 CHECK_ID = re.compile(r"[A-Z]{3}-\d{3}")
 
@@ -439,11 +440,13 @@ def _apply_waivers(report: Report, domains: Sequence[DomainFacts], waivers: Sequ
 def parse_domains(docs: Iterable[tuple[str, str | bytes, str]]) -> tuple[list[DomainFacts], list[InputError]]:
     """(source, data, view) triples -> parsed domains and per-input errors: one per document that
     could not be audited (the file's other documents still are), one per file over a cap, and one
-    per input past MAX_DOMAINS_PER_RUN (each names its input; none is silently dropped)."""
+    per input past MAX_DOMAINS_PER_RUN or MAX_ELEMENTS_PER_RUN (each names its input; none is
+    silently dropped). `docs` is consumed one input at a time."""
     from guestward.audit.facts import parse_domain_file
 
     out: list[DomainFacts] = []
     errs: list[InputError] = []
+    elements = 0
     for source, data, view in docs:
         if len(out) >= MAX_DOMAINS_PER_RUN:
             errs.append(InputError(source, f"{source}: not audited: this run already has {MAX_DOMAINS_PER_RUN} "
@@ -454,6 +457,12 @@ def parse_domains(docs: Iterable[tuple[str, str | bytes, str]]) -> tuple[list[Do
         except FactError as exc:
             errs.append(InputError(source, bounded(str(exc))))
             continue
+        size = sum(1 for d in domains for _ in d.root.iter())
+        if elements + size > MAX_ELEMENTS_PER_RUN:
+            errs.append(InputError(source, f"{source}: not audited: its {size} XML elements would take this run past "
+                                           f"{MAX_ELEMENTS_PER_RUN}; audit it in another run"))
+            continue
+        elements += size
         room = MAX_DOMAINS_PER_RUN - len(out)
         out.extend(domains[:room])
         if len(domains) > room:

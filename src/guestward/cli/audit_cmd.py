@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import sys
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -28,7 +29,7 @@ from guestward.audit.model import Benchmark, Severity, Status, Waiver
 from guestward.audit.report import benchmark_controls, summary, to_json, to_junit, to_sarif
 from guestward.audit.waivers import parse_waivers
 from guestward.cli.output import console, error_line, text
-from guestward.hypervisor.audit_facts import read_domain_files, read_host_root, read_live
+from guestward.hypervisor.audit_facts import list_domain_files, read_domain_file, read_host_root, read_live
 
 out = console()
 err = console(stderr=True)
@@ -112,17 +113,22 @@ def audit_cmd(
         except (OSError, FactError) as exc:
             raise fail(f"waivers: {exc}") from None
 
-    errors: list[InputError] = []
-    docs: list[tuple[str, str | bytes, str]] = []
-    if targets:
-        fdocs, ferrs = read_domain_files(targets)
-        docs += fdocs
-        errors += ferrs
-    for u in uri or ():
-        ldocs, lerrs = read_live(u)
-        docs += ldocs
-        errors += lerrs
-    domains, perrs = parse_domains(docs)
+    files, errors = list_domain_files(targets or ())
+
+    def docs() -> Iterator[tuple[str, str | bytes, str]]:
+        """One input at a time: a file's bytes are dropped once it is parsed (only the trees stay)."""
+        for f in files:
+            got = read_domain_file(f)
+            if isinstance(got, InputError):
+                errors.append(got)
+            else:
+                yield got
+        for u in uri or ():
+            ldocs, lerrs = read_live(u)
+            errors.extend(lerrs)
+            yield from ldocs
+
+    domains, perrs = parse_domains(docs())
     errors += perrs
     hosts = [read_host_root(r, checks) for r in host_root or ()]
     report = audit(checks, domains, hosts, waivers=wl, today=day, errors=errors)
