@@ -16,7 +16,7 @@ from functools import lru_cache
 from xml.etree.ElementTree import Element
 
 from guestward.audit.catalogue import Check
-from guestward.audit.facts import NS, QEMU_NS, ConfValue, DomainFacts, FactError, FileMeta, HostFacts
+from guestward.audit.facts import NS, QEMU_NS, ConfValue, DomainFacts, FactError, FileMeta, HostFacts, XmlWaiver
 from guestward.audit.model import (
     ConfRule,
     DomainRule,
@@ -30,6 +30,21 @@ from guestward.audit.model import (
 )
 
 NAMESPACES = {"qemu": QEMU_NS, "gw": NS}
+# Bounds on what hostile input can make an audit hold and print: a result's or an input error's
+# message (it quotes the input), the domains one run judges (each costs ~150 results; fleet checks
+# need them all at once), and how far ahead a guest's own XML may waive a finding.
+MAX_MESSAGE = 2000
+MAX_DOMAINS_PER_RUN = 5000
+MAX_ELEMENTS_PER_RUN = 2_000_000  # the trees every domain of a run keeps until the fleet checks ran (~300 MB)
+MAX_XML_WAIVER_DAYS = 90
+CHECK_ID = re.compile(r"[A-Z]{3}-\d{3}")
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
+    """`message` cut to `limit` characters, saying how much was left out."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message) - limit} more characters)"
 
 
 @dataclass(frozen=True)
@@ -315,7 +330,8 @@ def audit(checks: Sequence[Check], domains: Sequence[DomainFacts], hosts: Sequen
             v = _run_one(c, d, domains)
             sev = v.severity or (label_severity(c.spec.rule, d, c.spec.severity)
                                  if isinstance(c.spec.rule, DomainRule) else c.spec.severity)
-            per_domain[i].append(Result(c.id, d.subject, "domain", v.status, sev, v.message, None, d.source))
+            per_domain[i].append(Result(c.id, d.subject, "domain", v.status, sev, bounded(v.message), None,
+                                        d.source))
     for rs in per_domain:
         report.results.extend(rs)
     for c in fleet_checks:
@@ -327,21 +343,58 @@ def audit(checks: Sequence[Check], domains: Sequence[DomainFacts], hosts: Sequen
             continue
         for d, v in verdicts:
             report.results.append(Result(check=c.id, subject=d.subject, kind="fleet", status=v.status,
-                                         severity=v.severity or c.spec.severity, message=v.message, source=d.source))
+                                         severity=v.severity or c.spec.severity, message=bounded(v.message),
+                                         source=d.source))
     for h in hosts:
         for src, msg in h.problems:
             report.errors.append(InputError(src, msg))
         for c in host_checks:
             v = _run_one(c, h, domains)
             report.results.append(Result(check=c.id, subject=f"host {h.root}", kind="host", status=v.status,
-                                         severity=v.severity or c.spec.severity, message=v.message, source=h.root))
+                                         severity=v.severity or c.spec.severity, message=bounded(v.message),
+                                         source=h.root))
     _apply_waivers(report, domains, waivers, today)
     return report
 
 
+def xml_waivers(d: DomainFacts, today: dt.date) -> tuple[list[tuple[XmlWaiver, dt.date]], list[InputError]]:
+    """The in-XML waivers of `d` that may apply, and an error for each that may not. A guest's own XML
+    is written by whoever can define the guest, so its waivers are narrower than the operator's: one
+    exact check id (no `*`, no glob), an `expires` date no more than MAX_XML_WAIVER_DAYS ahead. (That
+    they never waive a critical finding is decided per result, in `_apply_waivers`.)"""
+    ok: list[tuple[XmlWaiver, dt.date]] = []
+    errs: list[InputError] = []
+    for w in d.waivers:
+        what = f"in-XML waiver for {w.check[:40]!r}"
+        if not CHECK_ID.fullmatch(w.check.strip().upper()):
+            errs.append(InputError(d.source, f"{d.subject}: {what}: not applied: names one check id "
+                                             "(like LVD-040), never a wildcard"))
+            continue
+        try:
+            until = dt.date.fromisoformat(w.expires)
+        except ValueError:
+            errs.append(InputError(d.source, f"{d.subject}: {what}: bad or missing expires {w.expires[:40]!r} "
+                                             "(YYYY-MM-DD)"))
+            continue
+        if until > today + dt.timedelta(days=MAX_XML_WAIVER_DAYS):
+            errs.append(InputError(d.source, f"{d.subject}: {what}: not applied: expires {w.expires}, more than "
+                                             f"{MAX_XML_WAIVER_DAYS} days ahead (use the waiver file for longer)"))
+            continue
+        ok.append((w, until))
+    return ok, errs
+
+
 def _apply_waivers(report: Report, domains: Sequence[DomainFacts], waivers: Sequence[Waiver], today: dt.date) -> None:
+    """In-XML waivers (see `xml_waivers`; never for a critical finding) and the operator's waiver
+    file (any check or `*`, guests by glob, any expiry) turn failures into `waived`."""
     by_subject = {d.subject: d for d in domains}
     seen_expired: set[tuple[str, str, str]] = set()
+    usable: dict[str, list[tuple[XmlWaiver, dt.date]]] = {}
+    for dom in domains:
+        if dom.waivers:
+            usable[dom.subject], errs = xml_waivers(dom, today)
+            report.errors += errs
+    refused: set[tuple[str, str]] = set()
 
     def expired(check: str, where: str, expires: str, why: str) -> None:
         if (check, where, expires) not in seen_expired:
@@ -354,18 +407,19 @@ def _apply_waivers(report: Report, domains: Sequence[DomainFacts], waivers: Sequ
         reason: str | None = None
         d = by_subject.get(r.subject)
         if d is not None:
-            for w in d.waivers:
-                if w.check.upper() not in (r.check, "*"):
+            for w, until in usable.get(r.subject, ()):
+                if w.check.strip().upper() != r.check:
                     continue
-                try:
-                    until = dt.date.fromisoformat(w.expires)
-                except ValueError:
-                    report.errors.append(InputError(d.source, f"waiver for {w.check}: bad expires {w.expires!r}"))
+                if r.severity is Severity.critical:
+                    if (d.subject, r.check) not in refused:
+                        refused.add((d.subject, r.check))
+                        report.errors.append(InputError(d.source, f"{d.subject}: in-XML waiver for {r.check}: not "
+                                                        "applied: a guest's own XML never waives a critical finding"))
                     continue
                 if until < today:
-                    expired(w.check, f"{d.subject} <metadata>", w.expires, w.reason)
+                    expired(w.check, f"{d.subject} <metadata>", w.expires, bounded(w.reason, 200))
                     continue
-                reason = f"{w.reason or '(no reason given)'} (in-XML waiver, expires {w.expires})"
+                reason = f"{bounded(w.reason, 200) or '(no reason given)'} (in-XML waiver, expires {w.expires})"
         for fw in waivers:
             if reason or fw.check not in (r.check, "*"):
                 continue
@@ -384,13 +438,35 @@ def _apply_waivers(report: Report, domains: Sequence[DomainFacts], waivers: Sequ
 
 
 def parse_domains(docs: Iterable[tuple[str, str | bytes, str]]) -> tuple[list[DomainFacts], list[InputError]]:
-    """(source, data, view) triples -> parsed domains and per-input errors."""
-    from guestward.audit.facts import parse_domain_docs
+    """(source, data, view) triples -> parsed domains and per-input errors: one per document that
+    could not be audited (the file's other documents still are), one per file over a cap, and one
+    per input past MAX_DOMAINS_PER_RUN or MAX_ELEMENTS_PER_RUN (each names its input; none is
+    silently dropped). `docs` is consumed one input at a time."""
+    from guestward.audit.facts import parse_domain_file
 
-    out, errs = [], []
+    out: list[DomainFacts] = []
+    errs: list[InputError] = []
+    elements = 0
     for source, data, view in docs:
+        if len(out) >= MAX_DOMAINS_PER_RUN:
+            errs.append(InputError(source, f"{source}: not audited: this run already has {MAX_DOMAINS_PER_RUN} "
+                                           "domains (the most one run judges); audit the rest in another run"))
+            continue
         try:
-            out.extend(parse_domain_docs(data, source, view))
+            domains, bad = parse_domain_file(data, source, view)
         except FactError as exc:
-            errs.append(InputError(source, str(exc)))
+            errs.append(InputError(source, bounded(str(exc))))
+            continue
+        size = sum(1 for d in domains for _ in d.root.iter())
+        if elements + size > MAX_ELEMENTS_PER_RUN:
+            errs.append(InputError(source, f"{source}: not audited: its {size} XML elements would take this run past "
+                                           f"{MAX_ELEMENTS_PER_RUN}; audit it in another run"))
+            continue
+        elements += size
+        room = MAX_DOMAINS_PER_RUN - len(out)
+        out.extend(domains[:room])
+        if len(domains) > room:
+            errs.append(InputError(source, f"{source}: {len(domains) - room} of its domains not audited: this run "
+                                           f"reached {MAX_DOMAINS_PER_RUN} domains; audit the rest in another run"))
+        errs += [InputError(source, bounded(str(e))) for e in bad]
     return out, errs

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from xml.etree.ElementTree import Element, ParseError
+from xml.parsers import expat
 
 import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
 from defusedxml import DefusedXmlException  # type: ignore[import-untyped]
@@ -19,6 +20,11 @@ from defusedxml import DefusedXmlException  # type: ignore[import-untyped]
 NS = "https://guestward.dev/xmlns/1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 MAX_XML_BYTES = 4 * 1024 * 1024
+# A libvirt test-driver <node> or a virt-install file holds a few domains; a real domain has a few
+# hundred elements. The caps bound what one file can make the audit build and judge (each domain
+# costs ~150 results): 256 domains x ~150 checks, 200,000 elements (~40 MB of tree).
+MAX_DOMAINS_PER_FILE = 256
+MAX_ELEMENTS_PER_FILE = 200_000
 MAX_CONF_BYTES = 1024 * 1024
 
 ConfValue = str | int | list[str]
@@ -88,33 +94,144 @@ class HostFacts:
 
 def parse_domain(data: str | bytes, source: str, view: str = "file") -> DomainFacts:
     """One domain XML document -> its facts, or FactError (too large, hostile, malformed, not a domain)."""
-    docs = parse_domain_docs(data, source, view, many=False)
-    return docs[0]
+    if len(data) > MAX_XML_BYTES:
+        raise FactError(f"{source}: larger than {MAX_XML_BYTES // (1024 * 1024)} MiB, not parsed")
+    return _facts(_parse(data, source), source, view)
 
 
 def parse_domain_docs(data: str | bytes, source: str, view: str = "file", many: bool = True) -> list[DomainFacts]:
-    """A domain XML file -> its domains. `many`: a file holding several top-level <domain> documents
-    one after another (virt-install writes install and boot phases so) gives one each, `source#N`."""
+    """A domain XML file -> its domains, or the first FactError (see `parse_domain_file`, which keeps
+    the good documents of a file beside the bad ones)."""
+    if not many:
+        return [parse_domain(data, source, view)]
+    domains, errors = parse_domain_file(data, source, view)
+    if errors:
+        raise errors[0]
+    return domains
+
+
+def parse_domain_file(data: str | bytes, source: str, view: str = "file") -> tuple[list[DomainFacts], list[FactError]]:
+    """A domain XML file -> (its domains, a FactError per document that could not be audited).
+
+    A file holds one `<domain>` (or `<domstatus>`), a libvirt test-driver `<node>` of them, or several
+    top-level documents one after another (virt-install writes install and boot phases so): each
+    document is split off and parsed on its own, so invalid UTF-8 or malformed XML in one is an error
+    for `source#N` and the others are still audited. Bounded before any tree is built: at most
+    MAX_XML_BYTES, MAX_DOMAINS_PER_FILE domains and MAX_ELEMENTS_PER_FILE elements; a file over a cap
+    is one FactError naming it, and none of its domains (fail closed: never a partial file)."""
     if len(data) > MAX_XML_BYTES:
         raise FactError(f"{source}: larger than {MAX_XML_BYTES // (1024 * 1024)} MiB, not parsed")
-    try:
-        root = _parse(data, source)
-        if root.tag == "node" and many:  # libvirt test driver: a host of <domain>s (and networks, pools)
-            found = root.findall("domain")
-            if not found:
-                raise FactError(f"{source}: <node> without <domain>")
-            return [_facts(el, f"{source}#{i}", view) for i, el in enumerate(found, 1)]
-        return [_facts(root, source, view)]
-    except FactError as exc:
-        if not many or "junk after document element" not in str(exc):
-            raise
-    text = data.decode("utf-8", errors="strict") if isinstance(data, bytes) else data
-    body = re.sub(r"<\?xml[^>]*\?>", "", text)
-    wrapper = _parse(f"<gw-documents>{body}</gw-documents>", source)
-    roots = list(wrapper)
-    if not roots:
+    raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+    spans = _split(raw, source)
+    domains: list[DomainFacts] = []
+    errors: list[FactError] = []
+    for i, (start, end, problem) in enumerate(spans, 1):
+        name = source if len(spans) == 1 else f"{source}#{i}"
+        where = source if len(spans) == 1 else f"{source}: document {i}"  # errors start with the file
+        if problem is not None:
+            errors.append(FactError(f"{where}: {problem}"))
+            continue
+        try:
+            root = _parse(raw[start:end], where)
+            if root.tag == "node":  # libvirt test driver: a host of <domain>s (and networks, pools)
+                found = root.findall("domain")
+                if not found:
+                    raise FactError(f"{where}: <node> without <domain>")
+                domains += [_facts(el, f"{name}#{j}" if len(spans) > 1 else f"{source}#{j}", view)
+                            for j, el in enumerate(found, 1)]
+            else:
+                domains.append(_facts(root, name, view, where))
+        except FactError as exc:
+            errors.append(exc)
+    return domains, errors
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_RESYNC = re.compile(rb"<(?:\?xml[\s?]|domain[\s/>]|domstatus[\s/>]|node[\s/>])")
+_NEXT_DOCUMENT = {expat.errors.codes[expat.errors.XML_ERROR_JUNK_AFTER_DOC_ELEMENT],
+                  expat.errors.codes[expat.errors.XML_ERROR_MISPLACED_XML_PI]}
+
+
+class _Refused(Exception):
+    pass
+
+
+class _Scan:
+    """expat handlers for one document of `_split`: depth, whether the root closed, and the caps
+    (counted over the whole file in `counts`)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+        self.depth = 0
+        self.root: str | None = None
+        self.closed = False
+        self.parser = expat.ParserCreate()
+        self.parser.StartElementHandler = self.start
+        self.parser.EndElementHandler = self.end
+        self.parser.StartDoctypeDeclHandler = self.no_dtd
+        self.parser.EntityDeclHandler = self.no_dtd
+
+    def start(self, tag: str, _attrs: object) -> None:
+        self.depth += 1
+        self.counts["elements"] += 1
+        if self.root is None:
+            self.root = tag
+        if (self.depth == 1 and tag != "node") or (self.depth == 2 and self.root == "node" and tag == "domain"):
+            self.counts["domains"] += 1
+        if self.counts["domains"] > MAX_DOMAINS_PER_FILE:
+            raise _Refused(f"more than {MAX_DOMAINS_PER_FILE} domains in one file: not audited (split it)")
+        if self.counts["elements"] > MAX_ELEMENTS_PER_FILE:
+            raise _Refused(f"more than {MAX_ELEMENTS_PER_FILE} XML elements in one file: not audited")
+
+    def end(self, _tag: str) -> None:
+        self.depth -= 1
+        self.closed = self.closed or self.depth == 0
+
+    def no_dtd(self, *_: object) -> None:
+        raise _Refused("refused: a DTD (DOCTYPE) is not allowed in domain XML")
+
+
+_BLANK = re.compile(rb"\s*")
+_CHUNK = 1 << 16
+
+
+def _split(raw: bytes, source: str) -> list[tuple[int, int, str | None]]:
+    """The top-level documents of `raw` as (start, end, problem) byte spans, found by a streaming expat
+    pass that builds nothing (a DTD is refused here as in `_parse`). The pass reads a copy in which
+    every undecodable byte is `?` (same offsets), so bad encoding never hides where documents start;
+    after a malformed document, the next one is looked for at the next `<?xml`, `<domain`,
+    `<domstatus` or `<node`. Counts domains and elements against the caps as it goes."""
+    probe = _UNDECODABLE.sub("?", raw.decode("utf-8", "surrogateescape")).encode("utf-8")
+    view = memoryview(probe)
+    spans: list[tuple[int, int, str | None]] = []
+    counts = {"domains": 0, "elements": 0}
+    pos = 0
+    while (blank := _BLANK.match(probe, pos)) is not None and blank.end() < len(probe):
+        pos = blank.end()  # an XML declaration must be a document's first bytes
+        scan = _Scan(counts)
+        try:
+            for off in range(pos, len(probe), _CHUNK):
+                scan.parser.Parse(view[off:off + _CHUNK], False)
+            scan.parser.Parse(b"", True)
+            spans.append((pos, len(probe), None))
+            break
+        except _Refused as exc:
+            raise FactError(f"{source}: {exc}") from None
+        except expat.ExpatError as exc:
+            at = pos + scan.parser.ErrorByteIndex
+            if scan.closed and exc.code in _NEXT_DOCUMENT:
+                spans.append((pos, at, None))
+                pos = at
+                continue
+            why = expat.errors.messages[exc.code] if exc.code is not None else str(exc)
+            spans.append((pos, at, f"malformed XML: {why} (at byte {at})"))
+            nxt = _RESYNC.search(probe, at + 1)
+            if nxt is None:
+                break
+            pos = nxt.start()
+    if not spans:
         raise FactError(f"{source}: no document")
-    return [_facts(el, f"{source}#{i}", view) for i, el in enumerate(roots, 1)]
+    return spans
 
 
 def _parse(data: str | bytes, source: str) -> Element:
@@ -129,14 +246,15 @@ def _parse(data: str | bytes, source: str) -> Element:
     return root
 
 
-def _facts(root: Element, source: str, view: str) -> DomainFacts:
+def _facts(root: Element, source: str, view: str, where: str | None = None) -> DomainFacts:
+    where = where or source
     if root.tag == "domstatus":  # libvirt's status XML wraps the live domain
         inner = root.find("domain")
         if inner is None:
-            raise FactError(f"{source}: <domstatus> without <domain>")
+            raise FactError(f"{where}: <domstatus> without <domain>")
         root = inner
     if root.tag != "domain":
-        raise FactError(f"{source}: root element is <{root.tag}>, not <domain>")
+        raise FactError(f"{where}: root element is <{root.tag}>, not <domain>")
     name = (root.findtext("name") or "").strip() or "(unnamed)"
     labels: dict[str, str] = {}
     waivers: list[XmlWaiver] = []

@@ -8,6 +8,7 @@ check: failure, skipped (not applicable or waived, with the reason) or error.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -120,28 +121,39 @@ def to_sarif(report: Report, version: str) -> dict[str, Any]:
     }
 
 
+# What XML 1.0 cannot carry (most C0 controls, lone surrogates, U+FFFE/U+FFFF) and C1 controls (a
+# terminal may act on them when the report goes to stdout): shown as \xNN / \uNNNN instead.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_text(value: str) -> str:
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", value)
+
+
 def to_junit(report: Report) -> str:
+    """JUnit XML. Every string in it comes through `_xml_text`: the document is well-formed whatever
+    the guests' XML held, and carries no control character."""
     suites = ET.Element("testsuites", name="guestward audit")
     by_subject: dict[str, list[Result]] = {}
     for r in report.results:
         by_subject.setdefault(r.subject, []).append(r)
     total = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for subject, rs in by_subject.items():
-        suite = ET.SubElement(suites, "testsuite", name=subject)
+        suite = ET.SubElement(suites, "testsuite", name=_xml_text(subject))
         n = {"tests": len(rs), "failures": 0, "errors": 0, "skipped": 0}
         for r in rs:
             title = report.checks[r.check].spec.title if r.check in report.checks else r.check
-            case = ET.SubElement(suite, "testcase", name=f"{r.check} {title}", classname=subject)
+            case = ET.SubElement(suite, "testcase", name=f"{r.check} {title}", classname=_xml_text(subject))
             if r.status is Status.failed:
                 n["failures"] += 1
-                ET.SubElement(case, "failure", message=r.message, type=r.severity.value).text = (
+                ET.SubElement(case, "failure", message=_xml_text(r.message), type=r.severity.value).text = (
                     report.checks[r.check].spec.remediation if r.check in report.checks else "")
             elif r.status is Status.error:
                 n["errors"] += 1
-                ET.SubElement(case, "error", message=r.message)
+                ET.SubElement(case, "error", message=_xml_text(r.message))
             elif r.status in (Status.waived, Status.not_applicable):
                 n["skipped"] += 1
-                ET.SubElement(case, "skipped", message=f"waived: {r.waiver}" if r.waiver else r.message)
+                ET.SubElement(case, "skipped", message=_xml_text(f"waived: {r.waiver}" if r.waiver else r.message))
         for k, v in n.items():
             suite.set(k, str(v))
             total[k] += v
@@ -149,8 +161,8 @@ def to_junit(report: Report) -> str:
         suite = ET.SubElement(suites, "testsuite", name="inputs", tests=str(len(report.errors)),
                               errors=str(len(report.errors)), failures="0", skipped="0")
         for e in report.errors:
-            case = ET.SubElement(suite, "testcase", name=e.source, classname="inputs")
-            ET.SubElement(case, "error", message=e.message)
+            case = ET.SubElement(suite, "testcase", name=_xml_text(e.source), classname="inputs")
+            ET.SubElement(case, "error", message=_xml_text(e.message))
         total["tests"] += len(report.errors)
         total["errors"] += len(report.errors)
     for k, v in total.items():

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from guestward.cli.output import clean, line
 from guestward.cli.policy_cmd import ConfigOpt, controller, fail, out
 from guestward.reconcile import hook
 from guestward.reconcile.controller import Controller
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(hook.script(sys.executable, config_path(config).resolve(), host))
         target.chmod(0o755)
-        out.print(f"installed {target}; restart libvirtd so that it finds the hook", highlight=False)
+        out.print(line(f"installed {target}; restart libvirtd so that it finds the hook"))
         # The hook compiles from the stored snapshot and refuses starts while there is none: seed it.
         seeding = Controller(ctl.config, only_hosts=[host])
         try:
@@ -86,10 +87,10 @@ def register(app: typer.Typer) -> None:
                        "starts until `guestward sync` succeeds") from None
         finally:
             seeding.store.close()
-        out.print(f"seeded the snapshot from {', '.join(h.name for h in ctl.config.hosts)}: "
-                  f"{commands.get(host, 0)} nft commands on {host}"
-                  + (f" (unreachable, kept as last seen: {', '.join(seeding.unreachable)})" if seeding.unreachable
-                     else ""), highlight=False)
+        out.print(line(f"seeded the snapshot from {', '.join(h.name for h in ctl.config.hosts)}: "
+                       f"{commands.get(host, 0)} nft commands on {host}"
+                       + (f" (unreachable, kept as last seen: {', '.join(seeding.unreachable)})"
+                          if seeding.unreachable else "")))
 
     @app.command()
     def events(
@@ -105,6 +106,6 @@ def register(app: typer.Typer) -> None:
             return
         for r in rows:
             when = datetime.fromtimestamp(r.pop("at")).isoformat(timespec="milliseconds")
-            print(f"{when} {r.pop('kind')} {r.pop('subject')} {json.dumps(r, sort_keys=True)}")
+            print(clean(f"{when} {r.pop('kind')} {r.pop('subject')} {json.dumps(r, sort_keys=True)}"))
 
 

@@ -8,15 +8,16 @@ catalogue, applies waivers, and prints a table or writes JSON, SARIF 2.1.0 or JU
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sys
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -27,10 +28,11 @@ from guestward.audit.facts import FactError
 from guestward.audit.model import Benchmark, Severity, Status, Waiver
 from guestward.audit.report import benchmark_controls, summary, to_json, to_junit, to_sarif
 from guestward.audit.waivers import parse_waivers
-from guestward.hypervisor.audit_facts import read_domain_files, read_host_root, read_live
+from guestward.cli.output import console, error_line, text
+from guestward.hypervisor.audit_facts import list_domain_files, read_domain_file, read_host_root, read_live
 
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)
+out = console()
+err = console(stderr=True)
 
 COLOUR = {Severity.critical: "bold red", Severity.high: "red", Severity.medium: "yellow", Severity.low: "cyan",
           Severity.info: "dim"}
@@ -46,7 +48,7 @@ class Format(StrEnum):
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}", highlight=False)
+    err.print(error_line(message))
     return typer.Exit(2)
 
 
@@ -93,7 +95,8 @@ def audit_cmd(
     if list_checks:
         t = Table("id", "severity", "scope", "title", title=f"{len(checks)} checks")
         for c in checks:
-            t.add_row(c.id, Text(c.spec.severity.value, COLOUR[c.spec.severity]), c.spec.scope, Text(c.spec.title))
+            t.add_row(text(c.id), text(c.spec.severity.value, COLOUR[c.spec.severity]), text(c.spec.scope),
+                      text(c.spec.title))
         out.print(t)
         return
     if not (targets or uri or host_root):
@@ -110,17 +113,22 @@ def audit_cmd(
         except (OSError, FactError) as exc:
             raise fail(f"waivers: {exc}") from None
 
-    errors: list[InputError] = []
-    docs: list[tuple[str, str | bytes, str]] = []
-    if targets:
-        fdocs, ferrs = read_domain_files(targets)
-        docs += fdocs
-        errors += ferrs
-    for u in uri or ():
-        ldocs, lerrs = read_live(u)
-        docs += ldocs
-        errors += lerrs
-    domains, perrs = parse_domains(docs)
+    files, errors = list_domain_files(targets or ())
+
+    def docs() -> Iterator[tuple[str, str | bytes, str]]:
+        """One input at a time: a file's bytes are dropped once it is parsed (only the trees stay)."""
+        for f in files:
+            got = read_domain_file(f)
+            if isinstance(got, InputError):
+                errors.append(got)
+            else:
+                yield got
+        for u in uri or ():
+            ldocs, lerrs = read_live(u)
+            errors.extend(lerrs)
+            yield from ldocs
+
+    domains, perrs = parse_domains(docs())
     errors += perrs
     hosts = [read_host_root(r, checks) for r in host_root or ()]
     report = audit(checks, domains, hosts, waivers=wl, today=day, errors=errors)
@@ -128,16 +136,13 @@ def audit_cmd(
     if fmt is Format.table:
         render_table(report, bench, show)
     else:
-        if fmt is Format.json:
-            text = json.dumps(to_json(report, bench), indent=2) + "\n"
-        elif fmt is Format.sarif:
-            text = json.dumps(to_sarif(report, __version__), indent=2) + "\n"
-        else:
-            text = to_junit(report) + "\n"
-        if output:
-            output.write_text(text)
-        else:
-            sys.stdout.write(text)
+        with output.open("w") if output else contextlib.nullcontext(sys.stdout) as fh:
+            if fmt is Format.junit:
+                fh.write(to_junit(report) + "\n")
+            else:  # streamed: a large report is never also held as one string
+                json.dump(to_json(report, bench) if fmt is Format.json else to_sarif(report, __version__), fh,
+                          indent=2)
+                fh.write("\n")
     raise typer.Exit(exit_status(report, fail_on))
 
 
@@ -158,26 +163,27 @@ def render_table(report: Report, bench: Benchmark | None, show: str) -> None:
         by_subject.setdefault(r.subject, []).append(r)
     for subject, rs in by_subject.items():
         rs.sort(key=lambda r: (-r.severity.rank, r.check))
-        t = Table(title=Text(subject, "bold"), title_justify="left", show_lines=False, expand=False)
+        t = Table(title=text(subject, "bold"), title_justify="left", show_lines=False, expand=False)
         for col in ("check", "severity", "status", "condition", "finding"):
             t.add_column(col, overflow="fold")
         for r in rs:
             spec = report.checks[r.check].spec
             finding = r.message + (f" [waived: {r.waiver}]" if r.waiver else "")
-            t.add_row(r.check, Text(r.severity.value, COLOUR[r.severity]),
-                      Text(r.status.value, STATUS_COLOUR[r.status]), Text(spec.title), Text(finding))
+            t.add_row(text(r.check), text(r.severity.value, COLOUR[r.severity]),
+                      text(r.status.value, STATUS_COLOUR[r.status]), text(spec.title), text(finding))
         out.print(t)
     for e in report.errors:
-        out.print(Text(f"input error: {e.source}: {e.message}", "bold red"))
+        out.print(text(f"input error: {e.source}: {e.message}", "bold red"), soft_wrap=True)  # one line each
     for w in report.expired_waivers:
-        out.print(Text(f"expired waiver: {w.check} for {w.where} expired {w.expires} ({w.justification})", "magenta"))
+        out.print(text(f"expired waiver: {w.check} for {w.where} expired {w.expires} ({w.justification})", "magenta"),
+                  soft_wrap=True)
     if bench is not None:
-        t = Table("control", "status", "checks", "failing", title=Text(f"benchmark {bench.id}: {bench.title}", "bold"),
+        t = Table("control", "status", "checks", "failing", title=text(f"benchmark {bench.id}: {bench.title}", "bold"),
                   title_justify="left")
         for row in benchmark_controls(report, bench):
             colour = {"pass": "green", "fail": "red", "error": "bold red"}.get(row["status"], "dim")
-            t.add_row(Text(row["control"]), Text(row["status"], colour),
-                      Text(", ".join(row["checks"]) or (row["note"] or "")), ", ".join(row["failing_checks"]))
+            t.add_row(text(row["control"]), text(row["status"], colour),
+                      text(", ".join(row["checks"]) or (row["note"] or "")), text(", ".join(row["failing_checks"])))
         out.print(t)
     s = summary(report)
     fails = ", ".join(f"{n} {sev}" for sev, n in reversed(s["failed_by_severity"].items()) if n)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from guestward.cli.output import clean, line, text
 from guestward.cli.policy_cmd import ConfigOpt, controller, fail, out
 from guestward.compile.plan import identity_id
 from guestward.dataplane.counters import RuleStat, by_rule, drops_by_reason
@@ -114,12 +115,11 @@ def register(app: typer.Typer) -> None:
         for h, d in result.items():
             drops = ", ".join(f"{k} {v['packets']}" for k, v in d["drops"].items()) or "none"
             missing = f" (tables missing: {', '.join(d['missing_tables'])})" if d["missing_tables"] else ""
-            out.print(f"{h}: {d['rules']} rules, {d['sets']} sets{missing}; dropped packets by reason: {drops}",
-                      highlight=False)
+            out.print(line(f"{h}: {d['rules']} rules, {d['sets']} sets{missing}; dropped packets by reason: {drops}"))
             table = Table("where", "rule", "verdict", "packets", "bytes", "logged")
             for r in d["_rows"]:
-                table.add_row(where(r, d["_identities"]), r.label, r.verdict, str(r.packets), _fmt_bytes(r.bytes),
-                              str(r.logged) if r.reason else "")
+                table.add_row(text(where(r, d["_identities"])), text(r.label), text(r.verdict), str(r.packets),
+                              _fmt_bytes(r.bytes), str(r.logged) if r.reason else "")
             out.print(table)
 
     @app.command()
@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
         def show(rows: list[tuple[int, FlowRecord]]) -> int:
             last = 0
             for i, r in rows:
-                print(json.dumps({"id": i, **r.as_dict()}) if as_json else flow_line(r), flush=True)
+                print(json.dumps({"id": i, **r.as_dict()}) if as_json else clean(flow_line(r)), flush=True)
                 last = i
             return last
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from guestward.cli.output import Own, console, error_line, line, text
 from guestward.hypervisor import disks as hv_disks
 from guestward.hypervisor.errors import HypervisorError
 from guestward.inspect import feeds as feed_store
@@ -21,8 +20,8 @@ from guestward.inspect.runner import Limits, WorkerError, inspect_chains
 from guestward.store.config import Config, ConfigError, load_config
 from guestward.store.sqlite import Store
 
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)
+out = console()
+err = console(stderr=True)
 
 feeds_app = typer.Typer(help="Offline vulnerability feeds (OSV JSON/zip, Debian security tracker JSON).",
                         no_args_is_help=True)
@@ -32,7 +31,7 @@ StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="state dir (d
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}", highlight=False)
+    err.print(error_line(message))
     return typer.Exit(2)
 
 
@@ -136,48 +135,51 @@ def _sev_style(sev: str) -> str:
 
 
 def render(rep: dict[str, Any], delta: dict[str, Any] | None) -> None:
+    """The report as tables. Every value in it comes from the image or a feed: each goes through
+    `output.text`/`output.line`, so markup, emoji codes and control characters are shown, not run."""
     inv = rep["inventory"]
     osi = inv.get("os", {})
-    out.print(f"[bold]{rep['subject']}[/]  {osi.get('pretty_name') or osi.get('id', '?')}  "
-              f"hostname {inv.get('hostname') or '?'}  ({rep['method']})"
-              + ("  [bold red]PARTIAL[/]" if rep["partial"] else ""), highlight=False)
+    out.print(line(text(rep["subject"], "bold"), "  ", osi.get("pretty_name") or osi.get("id", "?"),
+                   "  hostname ", inv.get("hostname") or "?", f"  ({rep['method']})",
+                   Own("  [bold red]PARTIAL[/]" if rep["partial"] else "")))
     vulns = sum(1 for f in rep["findings"] if f["type"] == "vulnerability")
-    kernels = ", ".join(k["version"] for k in inv.get("kernels", [])) or "-"
-    out.print(f"{len(inv.get('packages', []))} packages, kernels {kernels}, "
-              f"{len(inv.get('users', []))} users, {len(inv.get('authorized_keys', []))} SSH keys, "
-              f"{len(inv.get('setuid', []))} setuid/setgid files, {len(inv.get('cron', []))} cron entries, "
-              f"{len(inv.get('services', []))} enabled services; {vulns} vulnerabilities", highlight=False)
+    kernels = ", ".join(str(k["version"]) for k in inv.get("kernels", [])) or "-"
+    out.print(line(f"{len(inv.get('packages', []))} packages, kernels {kernels}, "
+                   f"{len(inv.get('users', []))} users, {len(inv.get('authorized_keys', []))} SSH keys, "
+                   f"{len(inv.get('setuid', []))} setuid/setgid files, {len(inv.get('cron', []))} cron entries, "
+                   f"{len(inv.get('services', []))} enabled services; {vulns} vulnerabilities"))
     t = Table(title="Findings", show_lines=False)
     for col in ("severity", "finding", "package", "installed", "fixed", "detail"):
         t.add_column(col)
     for f in rep["findings"]:
         if f["type"] == "config":
-            t.add_row(f["severity"], f["id"], "", "", "", f["title"] + ": " + f["detail"],
-                      style=_sev_style(f["severity"]))
+            t.add_row(text(f["severity"]), text(f["id"]), "", "", "", text(f"{f['title']}: {f['detail']}"),
+                      style=_sev_style(str(f["severity"])))
         else:
-            t.add_row(f["severity"] or "?", f["id"], f"{f['package']} ({f['source']})", f["installed"],
-                      f["fixed"] or "(no fix)", f["feed"], style=_sev_style(f["severity"] or ""))
+            t.add_row(text(f["severity"] or "?"), text(f["id"]), text(f"{f['package']} ({f['source']})"),
+                      text(f["installed"]), text(f["fixed"] or "(no fix)"), text(f["feed"]),
+                      style=_sev_style(str(f["severity"] or "")))
     out.print(t)
     if inv.get("authorized_keys"):
         k = Table(title="SSH authorized keys")
         for col in ("user", "type", "fingerprint", "comment"):
             k.add_column(col)
         for key in inv["authorized_keys"]:
-            k.add_row(key["user"], key["type"], key["fingerprint"], key["comment"])
+            k.add_row(text(key["user"]), text(key["type"]), text(key["fingerprint"]), text(key["comment"]))
         out.print(k)
     for e in inv.get("errors", []):
-        err.print(f"[yellow]partial:[/] {e['section']}: {e['error']}", highlight=False)
+        err.print(line(Own("[yellow]partial:[/] "), f"{e['section']}: {e['error']}"))
     for n in rep.get("notes", []):
-        err.print(f"note: {n}", highlight=False)
+        err.print(line("note: ", n))
     if delta is not None:
         since = time.ctime(delta["since"]) if delta["since"] else "never (first inspection)"
-        out.print(f"[bold]Changes since {since}[/]")
+        out.print(text(f"Changes since {since}", "bold"))
         for kind, items in delta["added"].items():
             for i in items:
-                out.print(f"  [green]+[/] {kind}: {i}", highlight=False)
+                out.print(line(Own("  [green]+[/] "), f"{kind}: {i}"))
         for kind, items in delta["removed"].items():
             for i in items:
-                out.print(f"  [red]-[/] {kind}: {i}", highlight=False)
+                out.print(line(Own("  [red]-[/] "), f"{kind}: {i}"))
 
 
 @feeds_app.command("update")
@@ -196,8 +198,8 @@ def feeds_update(
         meta = feed_store.update(sd, source, name, sha256)
     except (feed_store.FeedError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
-    out.print(f"feed {meta['name']}: {meta['format']}, {meta['entries']} entries for "
-              f"{', '.join(meta['releases'][:8]) or 'no supported release'}", highlight=False)
+    out.print(line(f"feed {meta['name']}: {meta['format']}, {meta['entries']} entries for "
+                   f"{', '.join(map(str, meta['releases'][:8])) or 'no supported release'}"))
 
 
 @feeds_app.command("list")
@@ -209,8 +211,8 @@ def feeds_list(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     except ValueError as exc:
         raise fail(str(exc)) from None
     for m in metas:
-        out.print(f"{m['name']}  {m['format']}  {m['entries']} entries  updated {time.ctime(m['updated_at'])}  "
-                  f"from {m['source']}", highlight=False)
+        out.print(line(f"{m['name']}  {m['format']}  {m['entries']} entries  updated {time.ctime(m['updated_at'])}  "
+                       f"from {m['source']}"))
     for name in feed_store.legacy_feeds(sd):
-        err.print(f"note: feed {name} was stored by an older guestward and is no longer read: "
-                  f"`guestward feeds update` it again", highlight=False)
+        err.print(line(f"note: feed {name} was stored by an older guestward and is no longer read: "
+                       "`guestward feeds update` it again"))

@@ -8,21 +8,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from guestward.cli.output import Own, clean, console, error_line, line, text
 from guestward.cli.policy_cmd import FlowJudge
 from guestward.lab.lab import Flow, Lab, LabError
 from guestward.policy import PolicyError, parse_port
 
 app = typer.Typer(help="Real libvirt hosts and QEMU guests on this machine, to try policy with real packets.",
                   no_args_is_help=True)
-out = Console(width=None if sys.stdout.isatty() else 160)  # a pipe or CI log gets full tables
-err = Console(stderr=True, soft_wrap=True)
+out = console()  # a pipe or CI log gets full tables
+err = console(stderr=True)
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}", highlight=False)
+    err.print(error_line(message))
     return typer.Exit(2)
 
 
@@ -38,10 +39,10 @@ def up(
             lab.up(file, policy)
     except PolicyError as exc:
         for d in exc.diagnostics:
-            print(d, file=sys.stderr)  # never wrapped: file:line: message
+            print(clean(d), file=sys.stderr)  # never wrapped: file:line: message
         raise typer.Exit(2) from None
     except (LabError, ValueError, OSError, RuntimeError) as exc:
-        err.print(f"[red]lab up failed:[/] {exc}", highlight=False)
+        err.print(line(Own("[red]lab up failed:[/] "), exc))
         if lab.is_up:
             err.print("the partial lab is left for inspection; `guestward lab down` removes it")
         raise typer.Exit(2) from None
@@ -67,15 +68,16 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         print(json.dumps(st, indent=1))
         return
-    t = Table(title=f"lab in {st['dir']}")
+    t = Table(title=text(f"lab in {st['dir']}"))
     for c in ("guest", "host", "address", "labels", "listens on", "vNIC"):
         t.add_column(c)
     for g in st["guests"]:
-        t.add_row(g["name"], g["host"], g["address"], ", ".join(f"{k}={v}" for k, v in g["labels"].items()),
-                  " ".join(g["listen"]), g["tap"])
+        t.add_row(text(g["name"]), text(g["host"]), text(g["address"]),
+                  text(", ".join(f"{k}={v}" for k, v in g["labels"].items())), text(" ".join(map(str, g["listen"]))),
+                  text(g["tap"]))
     out.print(t)
     hosts = ", ".join(f"{h['name']} ({h['address']})" for h in st["hosts"])
-    out.print(f"hosts: {hosts}; external: {st['external'] or '-'}", highlight=False)
+    out.print(line(f"hosts: {hosts}; external: {st['external'] or '-'}"))
 
 
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -115,7 +117,7 @@ def probe(
     if not all_:
         (f, ok), = results.items()
         print(json.dumps({"src": f.src, "dst": f.dst, "port": str(f.port), "verdict": _verdict(ok)})
-              if as_json else f"{f}: {_verdict(ok)}")
+              if as_json else clean(f"{f}: {_verdict(ok)}"))
         raise typer.Exit(0 if ok else 1)
     judge = FlowJudge(lab.controller())
     compiled = {f: judge.decide(f.src, f.dst, f.port).allowed for f in results}
@@ -136,27 +138,28 @@ def _matrix(results: dict[Flow, bool], compiled: dict[Flow, bool]) -> None:
               show_lines=True)
     t.add_column("from \\ to", style="bold")
     for d in ends:
-        t.add_column(d)
+        t.add_column(text(d))
     for s in ends:
         cells = []
         for d in ends:
             flows = sorted((f for f in results if f.src == s and f.dst == d), key=lambda f: str(f.port))
-            cells.append("\n".join(_cell(f, results[f], compiled[f]) for f in flows) or "[dim]·[/]")
-        t.add_row(s, *cells)
+            cells.append(Text("\n").join(_cell(f, results[f], compiled[f]) for f in flows) if flows
+                         else Text("·", "dim"))
+        t.add_row(text(s), *cells)
     out.print(t)
     allowed = sum(results.values())
     out.print(f"{len(results)} flows probed: {allowed} allowed, {len(results) - allowed} blocked")
     disagree = [f for f in results if results[f] != compiled[f]]
     if disagree:
-        out.print(f"[red]{len(disagree)} flow(s) disagree with compiled policy (marked !):[/] "
-                  + ", ".join(f"{f}: measured {_verdict(results[f])}" for f in disagree))
+        out.print(line(Own(f"[red]{len(disagree)} flow(s) disagree with compiled policy (marked !):[/] "),
+                       ", ".join(f"{f}: measured {_verdict(results[f])}" for f in disagree)))
     else:
         out.print(f"all {len(results)} agree with compiled policy (`guestward explain`)")
 
 
-def _cell(flow: Flow, measured: bool, compiled: bool) -> str:
-    mark = "" if measured == compiled else " [bold red]![/]"
-    return (f"[green]✓ {flow.port}[/]" if measured else f"[red]✗ {flow.port}[/]") + mark
+def _cell(flow: Flow, measured: bool, compiled: bool) -> Text:
+    cell = text(f"✓ {flow.port}", "green") if measured else text(f"✗ {flow.port}", "red")
+    return cell + (Text("") if measured == compiled else Text(" ") + Text("!", "bold red"))
 
 
 @app.command()
@@ -169,7 +172,7 @@ def migrate(guest: str, host: str) -> None:
         raise _fail(str(exc)) from None
     detail = ", ".join(f"{k.replace('_', ' ')} {v}" + ("" if k.startswith("conntrack") else " ms")
                        for k, v in stats.items())
-    out.print(f"{guest} migrated to {host}" + (f" ({detail})" if detail else ""), highlight=False)
+    out.print(line(f"{guest} migrated to {host}" + (f" ({detail})" if detail else "")))
 
 
 @app.command()
@@ -179,7 +182,7 @@ def clone(guest: str, new: str, host: Annotated[str | None, typer.Option("--host
         spec = Lab().clone(guest, new, host)
     except (LabError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
-    out.print(f"{new} cloned from {guest} on {spec.host}, address {spec.address}", highlight=False)
+    out.print(line(f"{new} cloned from {guest} on {spec.host}, address {spec.address}"))
 
 
 @app.command()
@@ -189,7 +192,7 @@ def stop(guest: str) -> None:
         Lab().stop(guest)
     except (LabError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
-    out.print(f"{guest} stopped")
+    out.print(line(f"{guest} stopped"))
 
 
 @app.command()
@@ -199,4 +202,4 @@ def start(guest: str) -> None:
         Lab().start(guest)
     except (LabError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
-    out.print(f"{guest} started")
+    out.print(line(f"{guest} started"))

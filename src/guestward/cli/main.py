@@ -7,6 +7,7 @@ import sys
 import typer
 
 from guestward.cli import agent_cmd, audit_cmd, flows_cmd, inspect_cmd, lab_cmd, policy_cmd
+from guestward.cli.output import clean
 
 app = typer.Typer(
     name="guestward",
@@ -30,5 +31,5 @@ def main() -> None:
     try:
         app()
     except (RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clean(exc)}", file=sys.stderr)  # the message may quote a guest's or a file's text
         sys.exit(2)

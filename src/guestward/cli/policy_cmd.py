@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from guestward.cli.output import Own, clean, console, error_line, line, text
 from guestward.compile import Decision, Endpoint, compile_state, decide
 from guestward.compile.evaluate import IPAddress
 from guestward.dataplane.trace import FlowTrace, flow_trace, of_flow, parse_traces
@@ -28,8 +29,8 @@ from guestward.policy import PolicyError, PortRange, parse_port
 from guestward.reconcile.controller import Controller, read_sources
 from guestward.store.config import LAB_DIR, ConfigError, load_config
 
-out = Console(width=None if sys.stdout.isatty() else 160)  # a pipe or CI log gets full tables
-err = Console(stderr=True, soft_wrap=True)
+out = console()  # a pipe or CI log gets full tables
+err = console(stderr=True)
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", help="guestward config file")]
 
@@ -38,12 +39,12 @@ def controller(config: str | None) -> Controller:
     try:
         return Controller(load_config(config))
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(error_line(exc))
         raise typer.Exit(2) from None
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}", highlight=False)
+    err.print(error_line(message))
     return typer.Exit(2)
 
 
@@ -166,16 +167,15 @@ def register(app: typer.Typer) -> None:
             report = ctl.apply(read_sources(file), replace_all=replace)
         except PolicyError as exc:
             for d in exc.diagnostics:
-                print(d, file=sys.stderr)  # never wrapped: file:line: message
+                print(clean(d), file=sys.stderr)  # never wrapped: file:line: message
             err.print(f"rejected: {len(exc.diagnostics)} error(s); nothing was applied", highlight=False)
             raise typer.Exit(2) from None
         except FileNotFoundError as exc:
             raise fail(str(exc)) from None
         changed = ", ".join(f"{h}: {n} change(s)" for h, n in sorted(report.commands.items()))
-        out.print(f"applied {len(report.policies)} policies ({', '.join(report.policies)}); {changed}",
-                  highlight=False)
+        out.print(line(f"applied {len(report.policies)} policies ({', '.join(report.policies)}); {changed}"))
         for c in report.conflicts:
-            err.print(f"[yellow]conflict:[/] {c}", highlight=False)
+            err.print(line(Own("[yellow]conflict:[/] "), c))
 
     @app.command()
     def sync(config: ConfigOpt = None) -> None:
@@ -185,12 +185,12 @@ def register(app: typer.Typer) -> None:
         guestward learns of changes the hook does not see (labels, hot-plugged vNICs)."""
         ctl = controller(config)
         commands = ctl.sync()
-        out.print(", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items())) or "no hosts configured",
-                  highlight=False)
+        out.print(line(", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items()))
+                       or "no hosts configured"))
         for c in ctl.conflicts:
-            err.print(f"[yellow]conflict:[/] {c}", highlight=False)
+            err.print(line(Own("[yellow]conflict:[/] "), c))
         for h in ctl.unreachable:
-            err.print(f"[yellow]unreachable:[/] {h}: its guests kept as last seen", highlight=False)
+            err.print(line(Own("[yellow]unreachable:[/] "), f"{h}: its guests kept as last seen"))
 
     def relabel(config: str | None, guest: str, key: str, value: str | None, reason: str | None = None) -> None:
         ctl = controller(config)
@@ -202,7 +202,7 @@ def register(app: typer.Typer) -> None:
             raise fail(str(exc)) from None
         what = f"{key}={value}" if value is not None else f"{key} removed"
         changed = ", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items()))
-        out.print(f"{guest}: {what}; {changed}", highlight=False)
+        out.print(line(f"{guest}: {what}; {changed}"))
 
     @app.command()
     def label(
@@ -247,7 +247,7 @@ def register(app: typer.Typer) -> None:
         ctl = controller(config)
         table = Table("tier", "order", "policy", "rules", "source")
         for p in sorted(ctl.policies(), key=lambda p: p.sort_key):
-            table.add_row(p.tier, str(p.order), p.name, str(len(p.rules)), f"{p.file}:{p.line}")
+            table.add_row(text(p.tier), str(p.order), text(p.name), str(len(p.rules)), text(f"{p.file}:{p.line}"))
         out.print(table)
 
     @app.command()
@@ -297,14 +297,15 @@ def register(app: typer.Typer) -> None:
                                          for h in ft.hops]}
             print(json.dumps(doc))
         else:
-            print(f"{src} -> {dst} {p}: {verdict}")
+            print(clean(f"{src} -> {dst} {p}: {verdict}"))
             if decision.rule is not None:
-                print(f"  tier: {decision.tier}\n  policy: {decision.policy}\n  rule: {decision.rule}")
+                print(f"  tier: {clean(decision.tier)}\n  policy: {clean(decision.policy)}\n"
+                      f"  rule: {clean(decision.rule)}")
             else:
-                print(f"  {decision.reason}")
+                print(f"  {clean(decision.reason)}")
             if traced is not None:
-                for line in trace_report(traced, decision.allowed, label):
-                    print(f"  {line}")
+                for step in trace_report(traced, decision.allowed, label):
+                    print(f"  {clean(step)}")
         if traced is not None and traced[0].verdict == "unseen":
             err.print("[red]error:[/] --trace: no packet of the flow was seen", highlight=False)
             raise typer.Exit(2)
@@ -344,15 +345,16 @@ def register(app: typer.Typer) -> None:
         table = Table(title="reachability (rows: from, columns: to)", show_lines=True)
         table.add_column("from \\ to", style="bold")
         for d in guests:
-            table.add_column(d.name)
+            table.add_column(text(d.name))
         for s in guests:
             cells = []
             for d in guests:
                 if s is d:
-                    cells.append("[dim]·[/]")
+                    cells.append(Text("·", "dim"))
                 else:
                     allowed = matrix[s.name][d.name]
-                    cells.append("[green]" + "\n".join(allowed) + "[/]" if allowed else "[red]-[/]")
-            table.add_row(s.name, *cells)
+                    cells.append(Text("\n".join(clean(a) for a in allowed), "green") if allowed
+                                 else Text("-", "red"))
+            table.add_row(text(s.name), *cells)
         out.print(table)
         sys.stdout.flush()

@@ -199,39 +199,56 @@ def read_host_root(root: str | Path, checks: Sequence[Check]) -> HostFacts:
     return HostFacts(root=str(root), files=files, meta=meta, problems=tuple(dict.fromkeys(problems)))
 
 
-def read_domain_files(targets: Iterable[str | Path]) -> tuple[list[tuple[str, bytes, str]], list[InputError]]:
-    """Domain XML files and folders (their *.xml, recursively) -> (source, data, "file") triples.
-    A file over the size cap is reported without being read."""
-    docs: list[tuple[str, bytes, str]] = []
+def list_domain_files(targets: Iterable[str | Path]) -> tuple[list[Path], list[InputError]]:
+    """Domain XML files and folders (their *.xml, recursively) -> the files, and an error per target
+    that is neither (nothing read yet)."""
+    files: list[Path] = []
     errors: list[InputError] = []
     for target in targets:
         t = Path(target)
         if t.is_dir():
-            files = sorted(p for p in t.rglob("*.xml") if not p.is_dir())
-            if not files:
+            found = sorted(p for p in t.rglob("*.xml") if not p.is_dir())
+            if not found:
                 errors.append(InputError(str(t), "no *.xml files in this folder"))
+            files += found
         elif t.exists() or t.is_symlink():
-            files = [t]
+            files.append(t)
         else:
             errors.append(InputError(str(t), "no such file or folder"))
-            continue
-        for f in files:
-            try:
-                fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-                try:
-                    st = os.fstat(fd)
-                    if not stat.S_ISREG(st.st_mode):
-                        raise OSError(f"{f}: not a regular file")
-                    if st.st_size > MAX_XML_BYTES:
-                        raise OSError(f"{f}: {st.st_size} bytes, larger than {MAX_XML_BYTES // (1024 * 1024)} MiB: "
-                                      "not read")
-                    with os.fdopen(fd, "rb", closefd=False) as fh:
-                        data = fh.read(MAX_XML_BYTES + 1)
-                finally:
-                    os.close(fd)
-                docs.append((str(f), data, "file"))
-            except OSError as exc:
-                errors.append(InputError(str(f), (exc.strerror and f"{f}: {exc.strerror}") or str(exc)))
+    return files, errors
+
+
+def read_domain_file(f: Path) -> tuple[str, bytes, str] | InputError:
+    """One file -> its (source, data, "file") triple, or an error; over the size cap it is not read."""
+    try:
+        fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"{f}: not a regular file")
+            if st.st_size > MAX_XML_BYTES:
+                raise OSError(f"{f}: {st.st_size} bytes, larger than {MAX_XML_BYTES // (1024 * 1024)} MiB: not read")
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                data = fh.read(MAX_XML_BYTES + 1)
+        finally:
+            os.close(fd)
+        return str(f), data, "file"
+    except OSError as exc:
+        return InputError(str(f), (exc.strerror and f"{f}: {exc.strerror}") or str(exc))
+
+
+def read_domain_files(targets: Iterable[str | Path]) -> tuple[list[tuple[str, bytes, str]], list[InputError]]:
+    """Domain XML files and folders (their *.xml, recursively) -> (source, data, "file") triples.
+    A file over the size cap is reported without being read. (Holds every file at once: the audit
+    command reads them one at a time with `list_domain_files` and `read_domain_file`.)"""
+    files, errors = list_domain_files(targets)
+    docs: list[tuple[str, bytes, str]] = []
+    for f in files:
+        got = read_domain_file(f)
+        if isinstance(got, InputError):
+            errors.append(got)
+        else:
+            docs.append(got)
     return docs, errors
 
 
