@@ -181,16 +181,26 @@ def register(app: typer.Typer) -> None:
     def sync(config: ConfigOpt = None) -> None:
         """Read every guest from libvirt now and enforce the installed policies on every host.
 
+        Every host that can be is enforced; exit 2 when a host failed or its libvirt did not answer
+        (each is reported). Refused guests (no traffic) are reported with their reason.
+
         The agent does this on every libvirt event and periodically; without an agent, this is how
         guestward learns of changes the hook does not see (labels, hot-plugged vNICs)."""
         ctl = controller(config)
         commands = ctl.sync()
-        out.print(", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items())) or "no hosts configured",
+        out.print(", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items())) or "no hosts enforced",
                   highlight=False)
         for c in ctl.conflicts:
-            err.print(f"[yellow]conflict:[/] {c}", highlight=False)
+            err.print(f"[yellow]conflict:[/] {c}", highlight=False, markup=False)
         for h in ctl.unreachable:
-            err.print(f"[yellow]unreachable:[/] {h}: its guests kept as last seen", highlight=False)
+            err.print(f"unreachable: {h}: its guests kept as last seen", highlight=False, markup=False)
+        for g in ctl.last_inventory.guests if ctl.last_inventory else ():
+            if g.refusal is not None:
+                err.print(f"refused: {g.name!a} on {g.host}: no traffic: {g.refusal}", highlight=False, markup=False)
+        for h, e in sorted(ctl.failed.items()):
+            err.print(f"failed: {h}: {e}", highlight=False, markup=False)
+        if ctl.failed or ctl.unreachable:  # the other hosts are enforced all the same
+            raise typer.Exit(2)
 
     def relabel(config: str | None, guest: str, key: str, value: str | None, reason: str | None = None) -> None:
         ctl = controller(config)

@@ -11,6 +11,11 @@ Contract:
   snapshot and the stored policies; on `stopped` and `release`
   (`end`) it leaves this host. No libvirt call is made (libvirtd is waiting for us), and nothing
   needs the agent: the store on disk is enough.
+- a guest that guestward refuses (`Guest.refusal`: a hostile port name, malformed metadata) joins
+  the snapshot bound nowhere, so it gets no traffic, and a `refused` event is recorded; a guest with
+  a vNIC that bypasses the bridge (direct/macvtap, hostdev, vhostuser, ...: no traffic cannot be
+  enforced there) and is not in the configuration's `bypass_allowed` is not let start: exit 1 on
+  `prepare`, `migrate` and `restore`.
 - it fails closed: a vNIC guestward has not bound gets no traffic (the bridge table drops unknown
   ports). If the hook cannot enforce (no snapshot yet, the lock busy for 10 s, nft failing) and it
   cannot see both tables in place with none of the guest's ports bound, it exits 1 on `prepare`,
@@ -30,7 +35,7 @@ from pathlib import Path
 
 from guestward.compile import HostPlan, compile_state
 from guestward.enforce import Enforcer, NftRunner
-from guestward.hypervisor.domain_xml import guest_from_xml
+from guestward.hypervisor.domain_xml import guest_from_xml, unallowed_bypass
 from guestward.model import Guest, Inventory
 from guestward.policy import parse_policies
 from guestward.store.config import Config, load_config
@@ -85,8 +90,14 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
     store: Store | None = None
     try:
         store = Store(config.state_dir / "guestward.db")
-        seen = guest_from_xml(xml, host, True)
+        seen = guest_from_xml(xml, host, True, config.bypass_uuids())
         name = seen.name
+        if seen.refusal is not None:
+            store.record("refused", name, uuid=seen.uuid, host=host, op=f"{op}/{subop}", reason=seen.refusal)
+            if op in ABORTING_OPS and (bypass := unallowed_bypass(xml, config.bypass_uuids())):
+                print(f"guestward hook {host} {name} {op}/{subop}: refused to start: {'; '.join(bypass)} "
+                      f"bypass(es) the bridge (not in bypass_allowed)", file=sys.stderr)
+                return 1
         if not store.seeded:
             # No full sync ever stored the snapshot: compiling from it would unbind every other guest
             # of this host. This guest's vNICs stay unbound (dropped) until `guestward sync`.
