@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from dataclasses import replace
 
 import libvirt
 
@@ -76,7 +77,10 @@ def merge_copies(copies: list[tuple[Guest, bool]]) -> Guest:
         # migration: it stays unbound (fail closed), and `running_twice` lets the caller report it.
         if g.host != primary.host and not running:
             primary = primary.live_on(g.host, g)
-    return primary
+    # One end refused (say, a hostile tap name on the destination) refuses the guest on every end.
+    refusals = list(dict.fromkeys(f"on {g.host}: {g.refusal}" if len(live) > 1 else g.refusal
+                                  for g, _ in live if g.refusal is not None))
+    return replace(primary, refusal="; ".join(refusals)) if refusals else primary
 
 
 def running_twice(copies: list[tuple[Guest, bool]]) -> list[str]:

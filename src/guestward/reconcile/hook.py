@@ -62,7 +62,8 @@ def joined(snapshot: Guest | None, seen: Guest, host: str, now: float) -> Guest:
     # Live elsewhere too: labels and addresses from this XML, port names per host.
     primary_ports = {nic.mac: nic.port for nic in snapshot.interfaces}
     here = replace(seen, host=snapshot.host, also_on=snapshot.also_on, ports_elsewhere=snapshot.ports_elsewhere,
-                   interfaces=tuple(replace(nic, port=primary_ports.get(nic.mac, nic.port)) for nic in seen.interfaces))
+                   interfaces=tuple(replace(nic, port=primary_ports.get(nic.mac, nic.port)) for nic in seen.interfaces),
+                   refusal=seen.refusal or snapshot.refusal)  # refused at either end: refused on both
     return here.live_on(host, seen)
 
 
