@@ -213,6 +213,10 @@ def register(app: typer.Typer) -> None:
         what = f"{key}={value}" if value is not None else f"{key} removed"
         changed = ", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items()))
         out.print(f"{guest}: {what}; {changed}", highlight=False)
+        for h, e in sorted(ctl.failed.items()):  # the label is set; these hosts do not enforce it yet
+            err.print(f"failed: {h}: {e}", highlight=False, markup=False)
+        if ctl.failed:
+            raise typer.Exit(2)
 
     @app.command()
     def label(
