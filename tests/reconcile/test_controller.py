@@ -157,3 +157,7 @@ def test_sync_and_status_commands_report_each_problem(world: tuple[Config, Path]
     assert "bypasses the bridge" in guests["mvt"]["refusal"] and guests["mvt-ok"]["refusal"] is None
     r = guestward("status", "--config", str(path))
     assert r.returncode == 1 and "evil-at" in r.stdout and "unreachable" in r.stdout
+    # explain agrees with the tables: labelled zone=web like web1, but refused, so blocked
+    assert guestward("explain", "lb1", "web1", "tcp/80", "--config", str(path)).returncode == 0
+    r = guestward("explain", "lb1", "evil-at", "tcp/80", "--json", "--config", str(path))
+    assert r.returncode == 1 and json.loads(r.stdout)["reason"].startswith("evil-at is refused, no traffic: vNIC")

@@ -92,6 +92,8 @@ class FlowJudge:
         for name, g in ((src, sg), (dst, dg)):
             if g is not None and not g.active:
                 return Decision(False, reason=f"{name} is not running")
+            if g is not None and g.refusal is not None:  # bound nowhere: the bridge drops its ports
+                return Decision(False, reason=f"{name} is refused, no traffic: {g.refusal}")
         for name, end in ((src, s), (dst, d)):
             if any(c.address == end.address for c in self.state.conflicts):
                 return Decision(False, reason=f"{name}: address {end.address} is claimed twice: no traffic")
