@@ -168,7 +168,7 @@ class Controller:
         """A `refused` event for each guest refused now and not (or not for this reason) before."""
         for g in inventory.guests:
             if g.refusal is not None and (g.uuid not in previous or previous[g.uuid].refusal != g.refusal):
-                log.warning("guest %s on %s refused: %s", g.name, g.host, g.refusal)
+                log.warning("guest %r on %s refused: %s", g.name, g.host, g.refusal)
                 self.store.record("refused", g.name, uuid=g.uuid, host=g.host, reason=g.refusal)
 
     def _cut_pending(self, inventory: Inventory) -> None:
@@ -179,7 +179,8 @@ class Controller:
             if g is not None and g.active and g.labels.quarantined:
                 self.forget_connections(g)
                 self.store.record("cut", g.name, addresses=[str(a) for a in g.addresses])
-            self.store.done_cut(uuid)
+            if not self.failed:  # a host that failed has not cut yet: the next sync cuts there too
+                self.store.done_cut(uuid)
 
     @property
     def local_hosts(self) -> set[str]:
