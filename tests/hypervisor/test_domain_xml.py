@@ -115,6 +115,8 @@ def test_malformed_labels_and_addresses_are_dropped_and_reported() -> None:
         assert any(needle in p for p in meta.problems), (needle, meta.problems)
     g = guest_from_xml(domain(f"<metadata>{meta_xml}</metadata>"), "h", True)
     assert g.labels == Labels({"zone": "web"}) and g.interfaces[0].addresses == (ip_address("10.77.0.11"),)
+    # dropping only the bad entries would fail open for NotIn/DoesNotExist: the guest is refused
+    assert g.refusal is not None and g.refusal.startswith("malformed guestward metadata: invalid label key 'bad key'")
 
 
 def test_a_label_given_twice_is_reported() -> None:

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from guestward.cli import agent_cmd, audit_cmd, flows_cmd, inspect_cmd, lab_cmd, policy_cmd
+from guestward.cli import agent_cmd, audit_cmd, flows_cmd, inspect_cmd, lab_cmd, policy_cmd, status_cmd
 from guestward.cli.output import clean
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ agent_cmd.register(app)
 flows_cmd.register(app)
 inspect_cmd.register(app)
 audit_cmd.register(app)
+status_cmd.register(app)
 app.add_typer(lab_cmd.app, name="lab")
 
 

@@ -93,6 +93,8 @@ class FlowJudge:
         for name, g in ((src, sg), (dst, dg)):
             if g is not None and not g.active:
                 return Decision(False, reason=f"{name} is not running")
+            if g is not None and g.refusal is not None:  # bound nowhere: the bridge drops its ports
+                return Decision(False, reason=f"{name} is refused, no traffic: {g.refusal}")
         for name, end in ((src, s), (dst, d)):
             if any(c.address == end.address for c in self.state.conflicts):
                 return Decision(False, reason=f"{name}: address {end.address} is claimed twice: no traffic")
@@ -181,16 +183,26 @@ def register(app: typer.Typer) -> None:
     def sync(config: ConfigOpt = None) -> None:
         """Read every guest from libvirt now and enforce the installed policies on every host.
 
+        Every host that can be is enforced; exit 2 when a host failed or its libvirt did not answer
+        (each is reported). Refused guests (no traffic) are reported with their reason.
+
         The agent does this on every libvirt event and periodically; without an agent, this is how
         guestward learns of changes the hook does not see (labels, hot-plugged vNICs)."""
         ctl = controller(config)
         commands = ctl.sync()
         out.print(line(", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items()))
-                       or "no hosts configured"))
+                       or "no hosts enforced"))
         for c in ctl.conflicts:
             err.print(line(Own("[yellow]conflict:[/] "), c))
         for h in ctl.unreachable:
             err.print(line(Own("[yellow]unreachable:[/] "), f"{h}: its guests kept as last seen"))
+        for g in ctl.last_inventory.guests if ctl.last_inventory else ():
+            if g.refusal is not None:
+                err.print(line(Own("[yellow]refused:[/] "), f"{g.name} on {g.host}: no traffic: {g.refusal}"))
+        for h, e in sorted(ctl.failed.items()):
+            err.print(line(Own("[red]failed:[/] "), f"{h}: {e}"))
+        if ctl.failed or ctl.unreachable:  # the other hosts are enforced all the same
+            raise typer.Exit(2)
 
     def relabel(config: str | None, guest: str, key: str, value: str | None, reason: str | None = None) -> None:
         ctl = controller(config)
@@ -203,6 +215,10 @@ def register(app: typer.Typer) -> None:
         what = f"{key}={value}" if value is not None else f"{key} removed"
         changed = ", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items()))
         out.print(line(f"{guest}: {what}; {changed}"))
+        for h, e in sorted(ctl.failed.items()):  # the label is set; these hosts do not enforce it yet
+            err.print(line(Own("[red]failed:[/] "), f"{h}: {e}"))
+        if ctl.failed:
+            raise typer.Exit(2)
 
     @app.command()
     def label(

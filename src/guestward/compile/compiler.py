@@ -5,7 +5,9 @@ Invariants (checked by property tests):
 - after any sequence of `upsert_guest`/`remove_guest`, `state()` equals `compile_state` of the same
   inputs, and the returned `HostDelta`s replayed on the previous state give the new state;
 - an address claimed by two active guests belongs to the one that claimed it strictly first, else to neither
-  (fail closed), and is reported.
+  (fail closed), and is reported;
+- a refused guest (`Guest.refusal`) binds no vNIC, claims no address and joins no set: it gets no
+  traffic. It still claims its port names, so a stale guest naming the same tap is not bound to it.
 
 Cost of one guest change: proportional to its addresses, the distinct selectors in the policy set,
 and the other guests claiming its addresses; independent of the number of guests.
@@ -154,7 +156,8 @@ class Compiler:
              for a, uuids in self._claims.items() if len(uuids) > 1),
             key=lambda c: (c.address.version, int(c.address), c.guests),  # IPv4 and IPv6 do not compare
         ))
-        identities = {identity_id(g.labels): g.labels for g in self._guests.values() if g.active}
+        identities = {identity_id(g.labels): g.labels for g in self._guests.values()
+                      if g.active and g.refusal is None}
         return CompiledState(hosts, conflicts, dict(sorted(identities.items())))
 
     @property
@@ -200,7 +203,8 @@ class Compiler:
     def _claim(self, g: Guest, sign: int) -> None:
         if not g.active:
             return
-        _tally(self._claims, set(g.addresses), g.uuid, sign)
+        if g.refusal is None:
+            _tally(self._claims, set(g.addresses), g.uuid, sign)
         _tally(self._port_claims, _ports(g), g.uuid, sign)
 
     def _owner(self, addr: IPAddress) -> str | None:
@@ -225,7 +229,7 @@ class Compiler:
 
     def _add(self, g: Guest) -> None:
         self._claim(g, +1)
-        if not g.active:
+        if not g.active or g.refusal is not None:
             self._contrib[g.uuid] = _Contribution()
             return
         # Ownership of every address of this guest is final only once all affected guests have

@@ -1,4 +1,10 @@
-"""HostPlan -> nftables objects (see the package docstring for the layout), and deltas -> commands."""
+"""HostPlan -> nftables objects (see the package docstring for the layout), and deltas -> commands.
+
+Names that reach nft as strings are checked here once more, whatever the layers above did: a vNIC
+binding whose port is not a plain interface name, or whose MAC is not a MAC address, and an uplink
+that is not a plain name, are left out (`renderable`). nft would read `@x` as a set reference and
+`a*` as a wildcard; left out, the port is unknown to the bridge table and dropped (fail closed), and
+every other binding is still enforced."""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from guestward.compile.plan import EGRESS, ChainPlan, HostPlan, PlannedRule, Vni
 from guestward.dataplane.diff import diff_objects
 from guestward.dataplane.objects import NftChain, NftObjects, NftRule, NftSet
 from guestward.dataplane.revision import ACCEPTED, DEFAULT_MASK, is_current, plan_revision, set_current
+from guestward.model.ifname import is_plain_ifname
 
 BR, INET = "bridge", "inet"
 ND_TYPES = ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]
@@ -298,6 +305,17 @@ def vnic_elements(b: VnicBinding) -> dict[tuple[str, str], list[Any]]:
     }
 
 
+_MAC_HEX = frozenset("0123456789abcdef")
+
+
+def renderable(b: VnicBinding) -> bool:
+    """The binding names its port and MAC as nothing but literals: a plain interface name, and six
+    lower-case hex octets (the form `Interface.of` gives)."""
+    octets = b.mac.split(":") if isinstance(b.mac, str) else []
+    return is_plain_ifname(b.port) and len(octets) == 6 and all(
+        len(o) == 2 and set(o) <= _MAC_HEX for o in octets)
+
+
 def uplink_elements(port: str) -> dict[tuple[str, str], list[Any]]:
     return {(BR, "ports-in"): [(port, "accept")], (BR, "ports-out"): [(port, "accept")]}
 
@@ -377,9 +395,11 @@ def render_plan(plan: HostPlan, settings: Settings = Settings()) -> NftObjects:
     """The complete desired content of guestward's tables for one host."""
     o = skeleton(settings, revision(plan, settings))
     for port in sorted(plan.uplinks):
-        _add_elements(o, uplink_elements(port))
+        if is_plain_ifname(port):
+            _add_elements(o, uplink_elements(port))
     for b in plan.vnics.values():
-        _add_elements(o, vnic_elements(b))
+        if renderable(b):
+            _add_elements(o, vnic_elements(b))
     for addr, ident in plan.dispatch.items():
         _add_elements(o, dispatch_elements(addr, ident))
     for digest, members in plan.sets.items():
@@ -408,9 +428,9 @@ def render_delta(old: HostPlan, delta: HostDelta, settings: Settings = Settings(
             for key in ((INET, "forward"), (INET, "input"), (INET, "output"), (INET, ACCEPTED)):
                 o.add_chain(skeleton(settings, rev).chains[key])
     for port, b in delta.vnics.items():
-        if (ob := old.vnics.get(port)) is not None:
+        if (ob := old.vnics.get(port)) is not None and renderable(ob):
             _add_elements(before, vnic_elements(ob))
-        if b is not None:
+        if b is not None and renderable(b):
             _add_elements(after, vnic_elements(b))
     for addr, ident in delta.dispatch.items():
         if (oi := old.dispatch.get(addr)) is not None:

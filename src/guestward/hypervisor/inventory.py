@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
+from dataclasses import replace
 
 import libvirt
 
@@ -27,12 +29,15 @@ def open_host(host: Host) -> libvirt.virConnect:
         raise HypervisorError(f"host {host.name} ({host.uri}): {exc.get_error_message()}") from None
 
 
-def read_guests(host: Host, conn: libvirt.virConnect | None = None) -> list[Guest]:
-    return [g for g, _ in read_copies(host, conn)]
+def read_guests(host: Host, conn: libvirt.virConnect | None = None,
+                bypass_allowed: Collection[str] = ()) -> list[Guest]:
+    return [g for g, _ in read_copies(host, conn, bypass_allowed)]
 
 
-def read_copies(host: Host, conn: libvirt.virConnect | None = None) -> list[tuple[Guest, bool]]:
-    """(guest, its CPUs run here) for every domain of the host."""
+def read_copies(host: Host, conn: libvirt.virConnect | None = None,
+                bypass_allowed: Collection[str] = ()) -> list[tuple[Guest, bool]]:
+    """(guest, its CPUs run here) for every domain of the host. A domain whose XML cannot be read is
+    a refused guest without vNICs (so it is reported, and its ports stay unbound)."""
     conn = conn or open_host(host)
     guests = []
     try:
@@ -44,11 +49,15 @@ def read_copies(host: Host, conn: libvirt.virConnect | None = None) -> list[tupl
             state, _reason = dom.state()
             active = state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED, libvirt.VIR_DOMAIN_NOSTATE)
             running = state == libvirt.VIR_DOMAIN_RUNNING
-            guests.append((guest_from_xml(dom.XMLDesc(0), host.name, active), running))
+            try:
+                guest = guest_from_xml(dom.XMLDesc(0), host.name, active, bypass_allowed)
+            except (ValueError, SyntaxError) as exc:  # defusedxml's refusals, ParseError
+                log.warning("%s: unreadable domain XML of %s: %s", host.name, dom.name(), exc)
+                guest = Guest(dom.name(), dom.UUIDString(), host.name, active=active,
+                              refusal=f"unreadable domain XML: {str(exc)[:200]}")
+            guests.append((guest, running))
         except libvirt.libvirtError as exc:  # the domain went away while we looked
             log.debug("skipping domain: %s", exc)
-        except ValueError as exc:
-            log.warning("%s: unreadable domain XML: %s", host.name, exc)
     return guests
 
 
@@ -68,7 +77,10 @@ def merge_copies(copies: list[tuple[Guest, bool]]) -> Guest:
         # migration: it stays unbound (fail closed), and `running_twice` lets the caller report it.
         if g.host != primary.host and not running:
             primary = primary.live_on(g.host, g)
-    return primary
+    # One end refused (say, a hostile tap name on the destination) refuses the guest on every end.
+    refusals = list(dict.fromkeys(f"on {g.host}: {g.refusal}" if len(live) > 1 else g.refusal
+                                  for g, _ in live if g.refusal is not None))
+    return replace(primary, refusal="; ".join(refusals)) if refusals else primary
 
 
 def running_twice(copies: list[tuple[Guest, bool]]) -> list[str]:

@@ -42,7 +42,12 @@ class Guest:
     `claimed`: (address, since) pairs: when guestward first saw this guest running with that address
     declared (absent: not known). Of two running guests that claim one address, the one that claimed
     it first keeps it and the later one gets no traffic on it (POLICY.md section 1); when that cannot
-    be told, neither keeps it."""
+    be told, neither keeps it.
+
+    `refusal`: why guestward cannot enforce policy on this guest (a port name outside the allowed
+    set, malformed guestward metadata, a vNIC that bypasses the bridge): when set, none of its vNICs
+    is bound on any host, so it gets no traffic at all (the bridge drops unknown ports), and the
+    reason is reported (`guestward status`, the event log). None: nothing stands in the way."""
 
     name: str
     uuid: str
@@ -53,6 +58,7 @@ class Guest:
     also_on: tuple[str, ...] = ()
     claimed: tuple[tuple[IPAddress, float], ...] = ()
     ports_elsewhere: tuple[tuple[str, str, str], ...] = ()
+    refusal: str | None = None
 
     def interfaces_on(self, host: str) -> tuple[Interface, ...]:
         """The vNICs as `host` names them."""

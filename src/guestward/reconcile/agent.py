@@ -234,8 +234,11 @@ class Agent:
             self._changed_by_sync[h] = now
         if changed or pending.reasons != ["periodic resync"]:
             self._record("reconcile", "agent", reasons=pending.reasons[:20], commands=commands, ms=ms,
-                         unreachable=self.controller.unreachable, conflicts=self.controller.conflicts)
+                         unreachable=self.controller.unreachable, conflicts=self.controller.conflicts,
+                         failed=self.controller.failed)
         log.info("reconciled in %.1f ms: %s (%s)", ms, commands, ", ".join(pending.reasons[:5]))
+        if self.controller.failed:  # the others are enforced; these are retried with backoff
+            raise RuntimeError("; ".join(f"{h}: {e}" for h, e in sorted(self.controller.failed.items())))
 
     def _enforced_generation(self, host: str) -> Callable[[], int | None]:
         def generation() -> int | None:

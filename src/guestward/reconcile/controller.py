@@ -15,7 +15,11 @@ rewrote in the snapshot meanwhile keeps the hook's version (it is newer than wha
 of the enforcement-lock hold it did that under (what fast drift repair restores, reconcile/drift.py).
 
 A host whose libvirtd does not answer keeps its guests as the snapshot last saw them, so one
-unreachable host does not stop enforcement on the others.
+unreachable host does not stop enforcement on the others. `sync` enforces every host it can: a host
+whose enforcing fails (its namespace gone, nft failing) is reported in `failed` with its error, and
+the others are enforced all the same; `unreachable` and `failed` are what `guestward sync` and
+`guestward status` report. A guest that guestward refuses (`Guest.refusal`) is bound nowhere; a
+refusal that is new since the last stored snapshot is recorded as a `refused` event.
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ class Controller:
         self.only_hosts = tuple(only_hosts)
         self.store = Store(config.state_dir / "guestward.db")
         self.unreachable: list[str] = []
+        self.unreachable_errors: dict[str, str] = {}
+        self.failed: dict[str, str] = {}  # host -> why enforcing it failed (last sync)
+        self.last_inventory: Inventory | None = None  # what the last sync enforced
         self.conflicts: list[str] = []
         self.duplicates: list[str] = []
         self.enforced: dict[str, tuple[HostPlan, int]] = {}
@@ -88,13 +95,16 @@ class Controller:
         addresses."""
         snapshot = {g.uuid: g for g in self.store.guests()}
         copies: dict[str, list[tuple[Guest, bool]]] = {}
-        self.unreachable = []
+        self.unreachable, self.unreachable_errors = [], {}
+        allowed = self.config.bypass_uuids()
         for h in self.config.hosts:
             try:
-                found = read_copies(h.host())
-            except HypervisorError as exc:
+                found = read_copies(h.host(), bypass_allowed=allowed)
+            except Exception as exc:  # HypervisorError, or anything else: this host only
                 log.warning("%s; keeping its guests as last seen", exc)
                 self.unreachable.append(h.name)
+                self.unreachable_errors[h.name] = str(exc) if isinstance(exc, HypervisorError) else (
+                    f"host {h.name}: {type(exc).__name__}: {exc}")
                 found = [(replace(g, host=h.name, also_on=()), g.host == h.name)
                          for g in snapshot.values() if h.name in g.hosts or (not g.active and g.host == h.name)]
             for g, running in found:
@@ -124,8 +134,9 @@ class Controller:
     # -- changing --------------------------------------------------------------------------------
 
     def sync(self, starting: Iterable[str] = ()) -> dict[str, int]:
-        """Enforce the stored policies on the current inventory, on every host; returns the number of
-        nft commands each host needed (0: it already held the right state)."""
+        """Enforce the stored policies on the current inventory, on every host it can; returns the
+        number of nft commands each enforced host needed (0: it already held the right state). A host
+        that failed is not in the result but in `failed` (host -> error): it never stops the others."""
         read_at = self.store.tick()
         read = self.inventory(starting)
         with enforcement_lock(self.config.state_dir) as generation:
@@ -138,11 +149,29 @@ class Controller:
             self.store.add_pending_cuts(newly_quarantined)
             # The snapshot is what is desired, stored before enforcing: if a host fails, drift repair
             # and the hook work towards the new state, never back to the old one.
+            self.last_inventory = inventory
+            self._record_refusals(inventory, previous)
             self.store.put_guests(list(inventory.guests), read_at)
-            commands = {h: self._enforce(h, plan, generation) for h, plan in state.hosts.items()
-                        if h in self.local_hosts}
+            commands: dict[str, int] = {}
+            self.failed = {}
+            for h, plan in sorted(state.hosts.items()):
+                if h not in self.local_hosts:
+                    continue
+                try:
+                    commands[h] = self._enforce(h, plan, generation)
+                except Exception as exc:  # one failing host never blocks the others
+                    log.error("enforcing %s failed: %s", h, exc)
+                    self.failed[h] = str(exc) or type(exc).__name__
+                    self.store.record("sync-error", h, error=self.failed[h])
             self._cut_pending(inventory)
             return commands
+
+    def _record_refusals(self, inventory: Inventory, previous: dict[str, Guest]) -> None:
+        """A `refused` event for each guest refused now and not (or not for this reason) before."""
+        for g in inventory.guests:
+            if g.refusal is not None and (g.uuid not in previous or previous[g.uuid].refusal != g.refusal):
+                log.warning("guest %r on %s refused: %s", g.name, g.host, g.refusal)
+                self.store.record("refused", g.name, uuid=g.uuid, host=g.host, reason=g.refusal)
 
     def _cut_pending(self, inventory: Inventory) -> None:
         """Cut the open connections of every guest that became quarantined (by anyone, through any
@@ -152,7 +181,8 @@ class Controller:
             if g is not None and g.active and g.labels.quarantined:
                 self.forget_connections(g)
                 self.store.record("cut", g.name, addresses=[str(a) for a in g.addresses])
-            self.store.done_cut(uuid)
+            if not self.failed:  # a host that failed has not cut yet: the next sync cuts there too
+                self.store.done_cut(uuid)
 
     @property
     def local_hosts(self) -> set[str]:
@@ -208,7 +238,7 @@ class Controller:
         """Quarantine also cuts what is already open: the guest's connections are judged again, by
         the quarantine tier only, on every host this process enforces."""
         addresses = [str(a) for a in g.addresses]
-        for h in sorted(self.local_hosts):
+        for h in sorted(self.local_hosts - set(self.failed)):
             self.enforcer(h).forget_connections(addresses)
 
     def apply(self, sources: list[tuple[str, str]], *, replace_all: bool = False,

@@ -15,6 +15,11 @@ Contract:
   elements naming its taps and the ports carrying its MACs, and its addresses' identity dispatch),
   whatever fails afterwards (store, snapshot, lock, compile, the full diff), so no later guest on its
   tap, with its MAC or its address, can pass as it.
+- a guest that guestward refuses (`Guest.refusal`: a hostile port name, malformed metadata) joins
+  the snapshot bound nowhere, so it gets no traffic, and a `refused` event is recorded; a guest with
+  a vNIC that bypasses the bridge (direct/macvtap, hostdev, vhostuser, ...: no traffic cannot be
+  enforced there) and is not in the configuration's `bypass_allowed` is not let start: exit 1 on
+  `prepare`, `migrate` and `restore`.
 - it fails closed: a vNIC guestward has not bound gets no traffic (the bridge table drops unknown
   ports). If the hook cannot enforce (no snapshot yet, the store unreadable, the lock busy for 10 s,
   nft failing), it exits 1 on `prepare`, `start`, `migrate` and `restore`, so libvirt refuses the
@@ -39,7 +44,7 @@ from pathlib import Path
 from guestward.compile import HostPlan, compile_state
 from guestward.enforce import Enforcer, NftRunner
 from guestward.enforce.unbind import Footprint, bound_as, foreign_on_own_ports, unbind, unbind_commands
-from guestward.hypervisor.domain_xml import MAX_XML_BYTES, guest_from_xml
+from guestward.hypervisor.domain_xml import MAX_XML_BYTES, guest_from_xml, unallowed_bypass
 from guestward.model import Guest, Inventory
 from guestward.policy import parse_policies
 from guestward.store.config import Config, load_config
@@ -68,7 +73,8 @@ def joined(snapshot: Guest | None, seen: Guest, host: str, now: float) -> Guest:
     # Live elsewhere too: labels and addresses from this XML, port names per host.
     primary_ports = {nic.mac: nic.port for nic in snapshot.interfaces}
     here = replace(seen, host=snapshot.host, also_on=snapshot.also_on, ports_elsewhere=snapshot.ports_elsewhere,
-                   interfaces=tuple(replace(nic, port=primary_ports.get(nic.mac, nic.port)) for nic in seen.interfaces))
+                   interfaces=tuple(replace(nic, port=primary_ports.get(nic.mac, nic.port)) for nic in seen.interfaces),
+                   refusal=seen.refusal or snapshot.refusal)  # refused at either end: refused on both
     return here.live_on(host, seen)
 
 
@@ -96,7 +102,7 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
     store: Store | None = None
     seen: Guest | None = None
     try:
-        seen = guest_from_xml(xml, host, True)
+        seen = guest_from_xml(xml, host, True, config.bypass_uuids())
         name = seen.name
         unbound, unbind_error = 0, None
         if op in UNBIND_OPS:
@@ -107,6 +113,12 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
             except Exception as exc:
                 unbind_error = exc
         store = Store(config.state_dir / "guestward.db")
+        if seen.refusal is not None:
+            store.record("refused", name, uuid=seen.uuid, host=host, op=f"{op}/{subop}", reason=seen.refusal)
+            if op in ABORTING_OPS and (bypass := unallowed_bypass(xml, config.bypass_uuids())):
+                print(f"guestward hook {host} {name} {op}/{subop}: refused to start: {'; '.join(bypass)} "
+                      f"bypass(es) the bridge (not in bypass_allowed)", file=sys.stderr)
+                return 1
         if not store.seeded:
             # No full sync ever stored the snapshot: compiling from it would unbind every other guest
             # of this host. This guest's vNICs stay unbound (dropped) until `guestward sync`.

@@ -14,6 +14,9 @@ drop_log:              # optional: every dropped packet is logged to NFLOG, rate
   rate: 20             # logged drops per second per guest (vNIC); drops above it are counted, not logged
   burst: 20
   keep: 100000         # flow records kept in the store (the oldest go first)
+bypass_allowed:        # UUIDs of guests allowed to have vNICs that bypass the bridge (direct/macvtap,
+  - 6f1c...            # hostdev, vhostuser, ...): guestward enforces nothing on those vNICs. Any other
+                       # guest with such a vNIC is refused, and the hook does not let it start.
 ```
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from uuid import UUID
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,6 +60,11 @@ class Config(BaseModel):
     state_dir: Path = Path("/var/lib/guestward")
     hosts: list[HostConfig] = Field(default_factory=list)
     drop_log: DropLogConfig = Field(default_factory=DropLogConfig)
+    bypass_allowed: list[UUID] = Field(default_factory=list)
+
+    def bypass_uuids(self) -> frozenset[str]:
+        """`bypass_allowed` as lower-case UUID strings (how domain XML compares them)."""
+        return frozenset(str(u) for u in self.bypass_allowed)
 
     def settings(self) -> Settings:
         """How every process renders the tables: the CLI, the agent and the hook must agree, or they

@@ -274,7 +274,7 @@ def guest_to_json(g: Guest) -> str:
     return json.dumps({
         "name": g.name, "uuid": g.uuid, "host": g.host, "labels": dict(g.labels), "active": g.active,
         "also_on": list(g.also_on), "claimed": [[str(a), t] for a, t in g.claimed],
-        "ports_elsewhere": [list(e) for e in g.ports_elsewhere],
+        "ports_elsewhere": [list(e) for e in g.ports_elsewhere], "refusal": g.refusal,
         "interfaces": [{"mac": i.mac, "port": i.port, "addresses": [str(a) for a in i.addresses]}
                        for i in g.interfaces],
     }, sort_keys=True)
@@ -285,4 +285,4 @@ def guest_from_json(text: str) -> Guest:
     nics = tuple(Interface.of(i["mac"], i["port"], i["addresses"]) for i in d["interfaces"])
     return Guest(d["name"], d["uuid"], d["host"], Labels(d["labels"]), nics, d["active"], tuple(d["also_on"]),
                  tuple((ip_address(a), t) for a, t in d.get("claimed", [])),
-                 tuple((h, m, p) for h, m, p in d.get("ports_elsewhere", [])))
+                 tuple((h, m, p) for h, m, p in d.get("ports_elsewhere", [])), d.get("refusal"))
