@@ -198,7 +198,7 @@ def register(app: typer.Typer) -> None:
             err.print(line(Own("[yellow]unreachable:[/] "), f"{h}: its guests kept as last seen"))
         for g in ctl.last_inventory.guests if ctl.last_inventory else ():
             if g.refusal is not None:
-                err.print(line(Own("[yellow]refused:[/] "), f"{g.name} on {g.host}: no traffic: {g.refusal}"))
+                err.print(line(Own("[yellow]refused:[/] "), f"{g.name!a} on {g.host}: no traffic: {g.refusal}"))
         for h, e in sorted(ctl.failed.items()):
             err.print(line(Own("[red]failed:[/] "), f"{h}: {e}"))
         if ctl.failed or ctl.unreachable:  # the other hosts are enforced all the same

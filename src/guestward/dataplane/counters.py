@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from guestward.dataplane.render import DEFAULT_DENY, DENY, INVALID, NO_IDENTITY, NOT_FOR_VNIC, SPOOF, UNKNOWN_PORT
+from guestward.dataplane.revision import ACCEPTED
 
 IDENTITY_CHAIN_PREFIXES = ("eg-", "in-")
 
@@ -74,6 +75,12 @@ def _verdict(expr: list[Any]) -> str:
     return ""
 
 
+def shown_verdict(verdict: str) -> str:
+    """A rule's verdict as `stats` shows it: `goto:accepted` (stamp the connection with the policy
+    revision, then accept: dataplane/revision.py) is an accept."""
+    return "accept" if verdict == f"goto:{ACCEPTED}" else verdict
+
+
 def drop_reason(family: str, chain: str, label: str) -> str:
     """Why a drop rule of ours drops: the reason its log prefix names."""
     label = label.removeprefix("log: ")
@@ -108,7 +115,7 @@ def rule_counters(documents: Iterable[dict[str, Any]], table: str = "guestward")
             family, chain = str(body.get("family", "")), str(body.get("chain", ""))
             logged = any(isinstance(e, dict) and "log" in e for e in expr)
             label = label_of(str(body.get("comment", "")), logged)
-            verdict = _verdict(expr)
+            verdict = shown_verdict(_verdict(expr))
             reason = drop_reason(family, chain, label) if verdict == "drop" or logged else None
             out.append(RuleCounter(family, chain, label, verdict, int(counter.get("packets", 0)),
                                    int(counter.get("bytes", 0)), reason, logged))

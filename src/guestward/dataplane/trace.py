@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from guestward.dataplane.revision import ACCEPTED
+
 LINE = re.compile(r"trace id (\S+) (\S+) (\S+) (\S+) (packet|rule|policy|verdict):? ?(.*?)\s*$")
 COMMENT = re.compile(r'comment "([^"]*)"')
 VERDICT = re.compile(r"\(verdict ([^)]*)\)$")
@@ -153,7 +155,9 @@ class Hop:
         t = self.trace
         head = f"{self.host} ({self.role}): {'dropped' if t.verdict == 'drop' else 'passed'}"
         ends = [f"egress rule {t.egress.label} -> {t.egress.verdict}"] if t.egress else []
-        ends += [f"ingress rule {t.ingress.label} -> {t.ingress.verdict}"] if t.ingress else []
+        # `goto accepted` only stamps the connection with the policy revision, then accepts
+        ingress = "accept" if t.ingress and t.ingress.verdict == f"goto {ACCEPTED}" else t.ingress and t.ingress.verdict
+        ends += [f"ingress rule {t.ingress.label} -> {ingress}"] if t.ingress else []
         if t.dropped_by is not None and t.dropped_by not in (t.egress, t.ingress):
             ends.append(f"dropped by {t.decided_by}")
         return [head + (": " + "; ".join(ends) if ends else "")]

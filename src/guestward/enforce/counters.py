@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from guestward.dataplane.counters import RuleCounter, drop_reason, label_of, rule_counters
+from guestward.dataplane.counters import RuleCounter, drop_reason, label_of, rule_counters, shown_verdict
 from guestward.dataplane.nft_netlink import Dump, dump_request, parse_dump
 from guestward.enforce.enforcer import FAMILIES, TABLE, EnforceError, NftRunner
 
@@ -67,8 +67,8 @@ def _read(sock: socket.socket) -> HostTables:
                 continue
             label = label_of(r.comment, r.logs)
             reason = drop_reason(family, r.chain, label) if r.verdict == "drop" or r.logs else None
-            out.counters.append(RuleCounter(family, r.chain, label, r.verdict, r.packets, r.bytes or 0, reason,
-                                            r.logs))
+            out.counters.append(RuleCounter(family, r.chain, label, shown_verdict(r.verdict), r.packets,
+                                            r.bytes or 0, reason, r.logs))
     return out
 
 
