@@ -189,13 +189,21 @@ def register(app: typer.Typer) -> None:
                   highlight=False)
         for c in ctl.conflicts:
             err.print(f"[yellow]conflict:[/] {c}", highlight=False)
+        for f in ctl.findings:
+            if f.kind == "address-refused":
+                err.print(f"[yellow]refused:[/] {f.subject}: address {f.detail['address']} ({f.detail['reason']})",
+                          highlight=False)
         for h in ctl.unreachable:
             err.print(f"[yellow]unreachable:[/] {h}: its guests kept as last seen", highlight=False)
 
-    def relabel(config: str | None, guest: str, key: str, value: str | None, reason: str | None = None) -> None:
+    def relabel(config: str | None, guest: str, key: str, value: str | None, reason: str | None = None,
+                quarantine: bool | None = None) -> None:
         ctl = controller(config)
         try:
-            commands = ctl.set_label(guest, key, value, reason=reason)
+            if quarantine is None:
+                commands = ctl.set_label(guest, key, value, reason=reason)
+            else:  # the store is the source of truth, the label its mirror
+                commands = ctl.set_quarantine(guest, quarantine, reason=reason)
         except KeyError:
             raise fail(f"no configured host defines a guest named {guest!r}") from None
         except RuntimeError as exc:
@@ -229,8 +237,9 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Quarantine a guest on every host: only quarantine-tier policies allow its traffic, and its
-        open connections are cut (POLICY.md 2.5)."""
-        relabel(config, guest, QUARANTINE_LABEL[0], QUARANTINE_LABEL[1], reason)
+        open connections are cut (POLICY.md 2.5). Held in guestward's store: removing the label from
+        the domain XML does not release it."""
+        relabel(config, guest, QUARANTINE_LABEL[0], QUARANTINE_LABEL[1], reason, quarantine=True)
 
     @app.command()
     def release(
@@ -238,8 +247,8 @@ def register(app: typer.Typer) -> None:
         reason: Annotated[str | None, typer.Option("--reason", help="why (kept in the event log)")] = None,
         config: ConfigOpt = None,
     ) -> None:
-        """Take a guest out of quarantine."""
-        relabel(config, guest, QUARANTINE_LABEL[0], None, reason)
+        """Take a guest out of quarantine (the store's, and the label that mirrors it)."""
+        relabel(config, guest, QUARANTINE_LABEL[0], None, reason, quarantine=False)
 
     @app.command()
     def policies(config: ConfigOpt = None) -> None:

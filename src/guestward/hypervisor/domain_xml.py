@@ -7,12 +7,13 @@ addresses, so it gets no traffic (fail closed), instead of crashing the caller.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from ipaddress import ip_address
 from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as SafeET
 
+from guestward.compile.address_trust import IPAddress, special_range
 from guestward.model import Guest, Interface, Labels, label_key_error
 from guestward.model.labels import label_value_error
 
@@ -25,12 +26,14 @@ class Metadata:
     labels: dict[str, str]
     addresses: dict[str, list[str]]  # mac -> addresses
     problems: tuple[str, ...] = ()
+    refused: dict[str, list[tuple[IPAddress, str]]] = field(default_factory=dict)  # mac -> (address, why)
 
 
 def parse_metadata(guest_el: Element | None) -> Metadata:
     """Parse a `<gw:guest>` element. Invalid entries are dropped and reported as problems."""
     labels: dict[str, str] = {}
     addresses: dict[str, list[str]] = {}
+    refused: dict[str, list[tuple[IPAddress, str]]] = {}
     problems: list[str] = []
     if guest_el is None:
         return Metadata(labels, addresses)
@@ -51,15 +54,19 @@ def parse_metadata(guest_el: Element | None) -> Metadata:
             problems.append(f"invalid address {text!r}")
             continue
         # A zone index ("fe80::1%eth0") would be rendered into the host's nft transaction and break it
-        # for every guest there; multicast and unspecified addresses are never a vNIC's own.
-        if getattr(addr, "scope_id", None) or addr.is_multicast or addr.is_unspecified:
+        # for every guest there.
+        if getattr(addr, "scope_id", None):
             problems.append(f"invalid address {text!r}: not a unicast address without zone")
             continue
         if not mac:
             problems.append(f"address {text!r} has no mac: it belongs to no vNIC")
             continue
+        # Never a vNIC's own whatever the configuration says: kept as refused (reported), not bound.
+        if reason := special_range(addr):
+            refused.setdefault(mac, []).append((addr, reason))
+            continue
         addresses.setdefault(mac, []).append(text)
-    return Metadata(labels, addresses, tuple(problems))
+    return Metadata(labels, addresses, tuple(problems), refused)
 
 
 def guest_from_xml(xml: str, host: str, active: bool) -> Guest:
@@ -79,9 +86,14 @@ def guest_from_xml(xml: str, host: str, active: bool) -> Guest:
             continue
         mac = mac_el.get("address", "").lower()
         port = target_el.get("dev") if target_el is not None else None
-        nics.append(Interface.of(mac, port, meta.addresses.get(mac, [])))
+        nic = Interface.of(mac, port, meta.addresses.get(mac, []))
+        nics.append(replace(nic, refused=tuple(sorted(set(meta.refused.get(mac, ())), key=_order))))
     return Guest(name=name, uuid=uuid, host=host, labels=Labels(meta.labels), interfaces=tuple(nics),
                  active=active)
+
+
+def _order(item: tuple[IPAddress, str]) -> tuple[int, int]:
+    return (item[0].version, int(item[0]))
 
 
 def metadata_addresses(guest_el: Element | None) -> list[tuple[str, str]]:

@@ -16,6 +16,8 @@ Contract:
   cannot see both tables in place with none of the guest's ports bound, it exits 1 on `prepare`,
   `migrate` and `restore`, and libvirt refuses to start the guest rather than run it unprotected.
 - every run is recorded in the event log (`hook` events) with its duration.
+- the guest is admitted as the controller admits it (reconcile/admission.py): an address the
+  configuration refuses is not bound, and guestward's store decides quarantine, not the XML alone.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from guestward.enforce import Enforcer, NftRunner
 from guestward.hypervisor.domain_xml import guest_from_xml
 from guestward.model import Guest, Inventory
 from guestward.policy import parse_policies
+from guestward.reconcile.admission import admitted
 from guestward.store.config import Config, load_config
 from guestward.store.lock import enforcement_lock
 from guestward.store.sqlite import Store
@@ -65,7 +68,8 @@ def left(snapshot: Guest, host: str) -> Guest:
     """The guest after it stopped being live on `host`."""
     if any(h != host for h in snapshot.hosts):
         return snapshot.gone_from(host)
-    return replace(snapshot, host=host, also_on=(), active=False, claimed=(), ports_elsewhere=())
+    # Its claims stay: an owner keeps its addresses through a stop (Guest.claimed).
+    return replace(snapshot, host=host, also_on=(), active=False, ports_elsewhere=())
 
 
 def snapshot_plan(config: Config, store: Store, guests: list[Guest], host: str) -> HostPlan:
@@ -95,6 +99,8 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
             snapshot = {g.uuid: g for g in store.guests()}
             prev = snapshot.get(seen.uuid)
             if op in BIND_OPS:
+                # As the controller would see it: addresses vetted, quarantine from the store.
+                seen, _ = admitted(seen, prev, time.time(), config.address_trust(), store.quarantined())
                 now_guest = joined(prev, seen, host, time.time())
             elif prev is not None and host in prev.hosts and prev.active:
                 now_guest = left(prev, host)
