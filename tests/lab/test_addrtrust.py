@@ -1,0 +1,89 @@
+"""Addresses and quarantine are not self-asserted (docs/SECURITY.md), on the real lab.
+
+- web1's XML claims the gateway, the metadata address, an out-of-range address and a host's address
+  besides its own: each is refused and reported (events, store findings), none is bound on hv1, and
+  every flow of the truth table (tests/lab/test_enforcement.py) stays as it was.
+- a quarantined guest whose label is removed from its XML by libvirt's setMetadata stays quarantined
+  (probed), and the missing mirror is reported; `guestward release` releases it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from guestward.enforce import NftRunner
+from guestward.hypervisor import domains
+from guestward.lab.lab import Lab
+from guestward.store.sqlite import Store
+from tests.conftest import guestward
+from tests.lab.test_enforcement import expected
+from tests.lab.test_quarantine import verdicts
+
+pytestmark = pytest.mark.lab
+
+HOSTILE = {"10.77.0.1": "the gateway of network lab", "169.254.169.254": "link-local",
+           "10.99.0.5": "outside every configured network", "10.77.0.253": "an address of host hv1",
+           "10.77.0.250": "reserved in network lab"}
+
+
+def events(kind: str) -> list[dict[str, object]]:
+    r = guestward("events", "--kind", kind, "--json", "--limit", "1000")
+    assert r.returncode == 0, r.stderr
+    out: list[dict[str, object]] = json.loads(r.stdout)
+    return out
+
+
+def bound_on(lab: Lab, host: str) -> str:
+    r = NftRunner(lab.controller().config.host(host).netns).run("nft", "list", "set", "bridge", "guestward", "bind4")
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_hostile_address_claims_are_refused_reported_and_the_truth_table_holds(lab: Lab) -> None:
+    uri = lab.uri("hv1")
+    mac = lab.scenario().guest("web1").mac
+    original = [(mac, "10.77.0.11")]
+    domains.set_addresses(uri, "web1", [*original, *((mac, a) for a in HOSTILE)])
+    try:
+        r = guestward("sync")
+        assert r.returncode == 0, r.stderr
+        for a in HOSTILE:
+            assert f"web1: address {a}" in r.stderr
+        refused = {(e["subject"], e["address"], e["reason"]) for e in events("address-refused")}
+        assert {("web1", a, why) for a, why in HOSTILE.items()} <= refused
+        store = Store(Path(lab.controller().config.state_dir) / "guestward.db")
+        current = {(f["address"], f["reason"]) for f in store.findings("address-refused") if f["subject"] == "web1"}
+        assert current == set(HOSTILE.items())
+        (nic,) = next(g for g in lab.controller().inventory().guests if g.name == "web1").interfaces
+        assert [str(a) for a in nic.addresses] == ["10.77.0.11"]
+        table = bound_on(lab, "hv1")
+        assert "10.77.0.11" in table and not any(f" {a}" in table for a in HOSTILE)
+        probe = guestward("lab", "probe", "--all", "--json")
+        assert probe.returncode == 0, probe.stderr
+        measured = {(x["src"], x["dst"], x["port"]): x["verdict"] == "allowed" for x in json.loads(probe.stdout)}
+        flows = lab.all_flows()
+        wrong = [str(f) for f in flows if measured[(f.src, f.dst, str(f.port))] != expected(f)]
+        assert not wrong, "with hostile claims, real packets disagree with the truth table:\n" + "\n".join(wrong)
+    finally:
+        domains.set_addresses(uri, "web1", original)
+        assert guestward("sync").returncode == 0
+
+
+def test_quarantine_survives_removing_the_label_from_the_xml(lab: Lab) -> None:
+    assert verdicts(lab) == [True, True, True, True]
+    r = guestward("quarantine", "web1", "--reason", "test: label removal")
+    assert r.returncode == 0, r.stderr
+    try:
+        # Whoever can write the XML removes the label (virsh metadata / setMetadata), then a sync runs.
+        assert domains.set_label(lab.uri("hv1"), "web1", "guestward.dev/quarantine", None)
+        assert "guestward.dev/quarantine" not in domains.live_xml(lab.uri("hv1"), "web1")
+        assert guestward("sync").returncode == 0
+        assert verdicts(lab) == [False, False, True, False]  # still quarantined: quarantine tier only
+        assert any(e["subject"] == "web1" for e in events("quarantine-label-missing"))
+    finally:
+        r = guestward("release", "web1")
+        assert r.returncode == 0, r.stderr
+    assert verdicts(lab) == [True, True, True, True]
