@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from guestward.compile import Compiler, HostPlan, compile_state
 from guestward.dataplane import NftObjects, diff_objects, render_delta, render_plan
-from guestward.dataplane.render import set_name
+from guestward.dataplane.render import link_local, nd_chain_name, set_name
 from guestward.model import Guest, Host, Interface, Inventory, Labels
 from guestward.policy import Policy
 from tests.compile.builders import guest, lab_example, policy, rule
@@ -48,8 +48,13 @@ def test_render_plan_of_the_lab_example(host: str) -> None:
     assert plan.vnics and plan.dispatch and plan.sets and plan.chains
     ports_in, ports_out = o.elements[(BR, "ports-in")], o.elements[(BR, "ports-out")]
     assert isinstance(ports_in, dict) and isinstance(ports_out, dict)
-    # one binding per vNIC port, the uplinks accepted, nothing else
-    assert ports_in == {**{p: "goto:src-guard" for p in plan.vnics}, **{u: "accept" for u in plan.uplinks}}
+    # one binding per vNIC port, the uplinks to their guard (no local guest's address from there)
+    assert ports_in == {**{p: "goto:src-guard" for p in plan.vnics},
+                        **{u: "goto:uplink-guard" for u in plan.uplinks}}
+    # every local guest's address (and its vNIC's link-local one) is refused as a source on the uplinks
+    assert o.elements[(BR, "own4")] == {str(a) for b in plan.vnics.values() for a in b.addresses}
+    assert o.elements[(BR, "own6")] == {str(link_local(b.mac)) for b in plan.vnics.values()}
+    assert o.elements[(BR, "nd-ports")] == {b.port: f"goto:{nd_chain_name(b.port)}" for b in plan.vnics.values()}
     assert ports_out == {**{p: "goto:dst-guard" for p in plan.vnics}, **{u: "accept" for u in plan.uplinks}}
     assert o.elements[(BR, "macs")] == {(b.port, b.mac) for b in plan.vnics.values()}
     assert o.elements[(BR, "bind4")] == {(b.port, b.mac, str(a)) for b in plan.vnics.values() for a in b.addresses}

@@ -25,7 +25,8 @@ from tests.lab.test_quarantine import verdicts
 pytestmark = pytest.mark.lab
 
 HOSTILE = {"10.77.0.1": "the gateway of network lab", "169.254.169.254": "link-local",
-           "10.99.0.5": "outside every configured network", "10.77.0.253": "an address of host hv1",
+           "10.99.0.5": "outside every configured network",
+           "10.77.0.254": "an address of host hv1", "10.77.0.253": "an address of host hv2",
            "10.77.0.250": "reserved in network lab"}
 
 
