@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from guestward.compile.address_trust import vet
 from guestward.enforce import NftRunner
 from guestward.enforce.conntrack import Conntrack, Handover, forget, handover
 from guestward.hypervisor import domains
@@ -72,7 +73,10 @@ def live_migrate(config: Config, name: str, source: str, destination: str, *,
     module docstring). Raises HypervisorError when libvirt cannot migrate; the guest then still runs
     on the source."""
     src_uri, dst_uri = config.host(source).uri, config.host(destination).uri
-    addresses = sorted(str(a) for a in guest_from_xml(domains.live_xml(src_uri, name), source, True).addresses)
+    # Only addresses the configuration lets it have: a gateway's or a host's declared in its XML must
+    # not get their connections moved or forgotten (docs/SECURITY.md, Domain XML).
+    seen = vet(guest_from_xml(domains.live_xml(src_uri, name), source, True), config.address_trust())
+    addresses = sorted(str(a) for a in seen.addresses)
     report = MigrationReport(name, source, destination)
     src_ct, dst_ct = conntrack_of(config, source), conntrack_of(config, destination)
 
