@@ -91,3 +91,25 @@ def test_quarantine_survives_removing_the_label_from_the_xml(lab: Lab) -> None:
         r = guestward("release", "web1")
         assert r.returncode == 0, r.stderr
     assert verdicts(lab) == [True, True, True, True]
+
+
+def test_a_stopped_guests_address_is_not_taken_by_a_guest_that_declares_it(lab: Lab) -> None:
+    """web1 stops; web2 (on the other host) then declares web1's address too: it does not get it."""
+    sc = lab.scenario()
+    web2_uri, web2_mac, web2_tap = lab.uri("hv2"), sc.guest("web2").mac, sc.guest("web2").tap
+    lab.stop("web1")
+    try:
+        assert guestward("sync").returncode == 0
+        domains.set_addresses(web2_uri, "web2", [(web2_mac, "10.77.0.12"), (web2_mac, "10.77.0.11")])
+        r = guestward("sync")
+        assert r.returncode == 0, r.stderr
+        assert "address 10.77.0.11 claimed by web1, web2: web1 keeps it" in r.stderr, r.stderr
+        assert {a for port, a in bound_on(lab, "hv2") if port == web2_tap} == {"10.77.0.12"}
+        assert not any(a == "10.77.0.11" for _, a in bound_on(lab, "hv1") | bound_on(lab, "hv2"))
+    finally:
+        domains.set_addresses(web2_uri, "web2", [(web2_mac, "10.77.0.12")])
+        assert guestward("sync").returncode == 0
+        lab.start("web1")
+        assert guestward("sync").returncode == 0
+    assert {a for port, a in bound_on(lab, "hv1") if port == sc.guest("web1").tap} == {"10.77.0.11"}
+    assert verdicts(lab) == [True, True, True, True]
