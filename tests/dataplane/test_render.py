@@ -270,3 +270,21 @@ def test_the_limiter_sets_are_dynamic_and_never_diffed() -> None:
     assert any("elem" in i.get("set", {}) for d in listed for i in d["nftables"] if i.get("set", {}).get("timeout"))
     from guestward.dataplane.readback import parse_tables
     assert diff_objects(parse_tables(listed), o) == [], "kernel-added limiter elements are not drift"
+
+
+def test_an_own_address_two_vnics_share_stays_when_one_of_them_goes() -> None:
+    """`own4`/`own6` are keyed by address: one guest's address on two vNICs, or two vNICs with one MAC
+    (one link-local address), must stay refused on the uplinks while either vNIC remains."""
+    two = Guest("g", "u", "h1", Labels({}), (Interface.of("52:54:00:00:00:01", "vnet0", ["10.0.0.1", "fd00::1"]),
+                                             Interface.of("52:54:00:00:00:01", "vnet1", ["10.0.0.1"])))
+    one = dataclasses.replace(two, interfaces=two.interfaces[:1])
+    for first, second in ((two, one), (one, two)):
+        c = Compiler(HOSTS)
+        c.upsert_guest(first)
+        before = c.state()
+        deltas = c.upsert_guest(second)
+        after = c.state()
+        replay_render(before.hosts["h1"], deltas["h1"], after.hosts["h1"])
+        own = render_plan(after.hosts["h1"])
+        assert own.elements[("bridge", "own4")] == {"10.0.0.1"}
+        assert own.elements[("bridge", "own6")] == {"fd00::1", str(link_local("52:54:00:00:00:01"))}

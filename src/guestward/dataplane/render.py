@@ -356,16 +356,16 @@ def _has_v6(b: VnicBinding) -> bool:
 
 def uplink_nd_chain(bindings: Iterable[VnicBinding], settings: Settings) -> NftChain:
     """Neighbour adverts from an uplink for an address of a guest with IPv6 addresses that lives here
-    alone are spoofed: one drop per such vNIC, its targets as raw 128-bit values. nft 1.0.6 has no
-    `icmpv6 taddr` and a raw payload cannot be looked up in a typed set, so this one chain is rewritten
-    when such a vNIC comes or goes (its cost grows with the local IPv6 vNICs; IPv4-only ones are free)."""
-    rules: list[NftRule] = []
+    alone are spoofed: one drop whose anonymous set holds every such target as a raw 128-bit value.
+    nft 1.0.6 has no `icmpv6 taddr` and a raw payload cannot be looked up in a typed (named) set, so
+    this chain is rewritten when such a vNIC comes or goes: a constant number of rules, with a set
+    that grows with the local IPv6 vNICs (IPv4-only ones never touch it)."""
+    targets = sorted({int(a) for b in bindings if b.local_only and _has_v6(b) for a in _nd_addresses(b)})
     keys: list[tuple[list[Any], str, Any]] = [([], limiter(settings, BR), _meta("iifname"))]
-    for b in sorted(bindings):
-        if b.local_only and _has_v6(b):
-            targets = {"set": [f"0x{int(a):032x}" for a in _nd_addresses(b)]}
-            rules += _drop(settings, SPOOF, "uplink-nd", f"spoof: advert from an uplink for {b.port}'s address",
-                           [_m(ND_TARGET, targets)], keys)
+    rules: tuple[NftRule, ...] = ()
+    if targets:
+        rules = _drop(settings, SPOOF, "uplink-nd", "spoof: advert from an uplink for a local guest's address",
+                      [_m(ND_TARGET, {"set": [f"0x{t:032x}" for t in targets]})], keys)
     # the end of the chain returns to uplink-guard
     return NftChain(BR, "uplink-nd", (*rules, _rule("uplink-nd: not a local guest's address", COUNTER)))
 
@@ -466,6 +466,29 @@ def render_plan(plan: HostPlan, settings: Settings = Settings()) -> NftObjects:
     return o
 
 
+def _keep_shared_own(old: HostPlan, delta: HostDelta, before: NftObjects, after: NftObjects) -> None:
+    """`own4`/`own6` are keyed by address alone, and two vNICs can contribute one element (one guest's
+    address on two vNICs; two vNICs with one MAC, so one link-local address). An element a changed vNIC
+    gives up, or takes, that an unchanged vNIC still contributes stays: it goes into both sides so the
+    diff leaves it alone. One pass over the unchanged vNICs with set lookups (about 1 ms at 2,000)."""
+    changed = [b for port, nb in delta.vnics.items() for b in (old.vnics.get(port), nb)
+               if b is not None and b.local_only]
+    if not changed:
+        return
+    addrs = {a for b in changed for a in b.addresses}
+    macs = {b.mac for b in changed}
+    for port, b in old.vnics.items():
+        if port in delta.vnics or not b.local_only:
+            continue
+        shared = [a for a in b.addresses if a in addrs]
+        if b.mac in macs:
+            shared.append(link_local(b.mac))
+        for a in shared:
+            key = (BR, "own4" if isinstance(a, IPv4Address) else "own6")
+            for side in (before, after):
+                side.elements[key].add(str(a))  # type: ignore[union-attr]
+
+
 def render_delta(old: HostPlan, delta: HostDelta, settings: Settings = Settings()) -> list[dict[str, Any]]:
     """The nft commands that take the tables from `old` to `old + delta`, touching nothing else.
 
@@ -481,6 +504,7 @@ def render_delta(old: HostPlan, delta: HostDelta, settings: Settings = Settings(
         if b is not None:
             _add_elements(after, vnic_elements(b))
             after.add_chain(nd_chain(b, settings))
+    _keep_shared_own(old, delta, before, after)
     touched = [b for port, nb in delta.vnics.items() for b in (old.vnics.get(port), nb) if b is not None]
     if any(_has_v6(b) for b in touched):  # one rule per local IPv6 vNIC: rebuilt from all of them
         new_vnics = {**old.vnics, **delta.vnics}
