@@ -16,13 +16,24 @@ import pytest
 
 from guestward.enforce import NftRunner
 from guestward.hypervisor import domains
-from guestward.lab.lab import Lab
+from guestward.lab.lab import Flow, Lab
+from guestward.policy import parse_port
 from guestward.store.sqlite import Store
 from tests.conftest import guestward
 from tests.lab.test_enforcement import expected
-from tests.lab.test_quarantine import verdicts
 
 pytestmark = pytest.mark.lab
+
+# Flows that tell quarantine apart (only the quarantine tier's udp/53 to dns is left), and none of
+# web1 -> db1 tcp/5432: tests/lab/test_flows.py expects that allowed flow never to be in the drop log.
+FLOWS = [Flow("lb1", "web1", parse_port("tcp/443")), Flow("web1", "dns1", parse_port("udp/53")),
+         Flow("web1", "dns1", parse_port("tcp/53"))]
+NORMAL, QUARANTINED = [True, True, True], [False, True, False]
+
+
+def verdicts(lab: Lab) -> list[bool]:
+    results = lab.probe(FLOWS)
+    return [results[f] for f in FLOWS]
 
 HOSTILE = {"10.77.0.1": "the gateway of network lab", "169.254.169.254": "link-local",
            "10.99.0.5": "outside every configured network",
@@ -77,7 +88,7 @@ def test_hostile_address_claims_are_refused_reported_and_the_truth_table_holds(l
 
 
 def test_quarantine_survives_removing_the_label_from_the_xml(lab: Lab) -> None:
-    assert verdicts(lab) == [True, True, True, True]
+    assert verdicts(lab) == NORMAL
     r = guestward("quarantine", "web1", "--reason", "test: label removal")
     assert r.returncode == 0, r.stderr
     try:
@@ -85,12 +96,12 @@ def test_quarantine_survives_removing_the_label_from_the_xml(lab: Lab) -> None:
         assert domains.set_label(lab.uri("hv1"), "web1", "guestward.dev/quarantine", None)
         assert "guestward.dev/quarantine" not in domains.live_xml(lab.uri("hv1"), "web1")
         assert guestward("sync").returncode == 0
-        assert verdicts(lab) == [False, False, True, False]  # still quarantined: quarantine tier only
+        assert verdicts(lab) == QUARANTINED  # still quarantined: quarantine tier only
         assert any(e["subject"] == "web1" for e in events("quarantine-label-missing"))
     finally:
         r = guestward("release", "web1")
         assert r.returncode == 0, r.stderr
-    assert verdicts(lab) == [True, True, True, True]
+    assert verdicts(lab) == NORMAL
 
 
 def test_a_stopped_guests_address_is_not_taken_by_a_guest_that_declares_it(lab: Lab) -> None:
@@ -112,4 +123,4 @@ def test_a_stopped_guests_address_is_not_taken_by_a_guest_that_declares_it(lab: 
         lab.start("web1")
         assert guestward("sync").returncode == 0
     assert {a for port, a in bound_on(lab, "hv1") if port == sc.guest("web1").tap} == {"10.77.0.11"}
-    assert verdicts(lab) == [True, True, True, True]
+    assert verdicts(lab) == NORMAL
