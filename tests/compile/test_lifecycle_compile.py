@@ -29,13 +29,17 @@ def test_a_migrating_guest_is_bound_on_both_ends_and_its_address_claimed_once() 
     assert all(A in members for members in s.hosts["h3"].sets.values() if members)
 
 
-def test_the_migration_source_lets_go_and_only_its_plan_changes() -> None:
+def test_the_migration_source_lets_go_and_the_destination_holds_it_alone() -> None:
     web = replace(guest("web", "h1", {"zone": "web"}, "10.0.0.1"), also_on=("h2",))
     db = guest("db", "h3", {"zone": "db"}, "10.0.0.2")
     c = Compiler(HOSTS, WEB_TO_DB)
     c.upsert_guests([web, db])
     deltas = c.upsert_guest(replace(web, host="h2", also_on=()))  # switched over, the source is gone
-    assert set(deltas) == {"h1"}, "the destination and the other hosts keep what they had"
+    assert set(deltas) == {"h1", "h2"}, "the other hosts keep what they had"
+    # the destination keeps its binding, only now the guest is its alone (its addresses are then
+    # refused as sources on h2's uplinks)
+    assert set(deltas["h2"].vnics) == {"tap-web"} and deltas["h2"].vnics["tap-web"].local_only
+    assert not deltas["h2"].dispatch and not deltas["h2"].chains and not deltas["h2"].sets_added
     s = c.state()
     assert "tap-web" not in s.hosts["h1"].vnics and not s.hosts["h1"].chains
     assert s == compile_state(Inventory(HOSTS, (replace(web, host="h2", also_on=()), db)), WEB_TO_DB)

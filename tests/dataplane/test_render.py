@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from guestward.compile import Compiler, HostPlan, compile_state
 from guestward.dataplane import NftObjects, diff_objects, render_delta, render_plan
-from guestward.dataplane.render import set_name
+from guestward.dataplane.render import link_local, nd_chain_name, set_name
 from guestward.model import Guest, Host, Interface, Inventory, Labels
 from guestward.policy import Policy
 from tests.compile.builders import guest, lab_example, policy, rule
@@ -48,8 +48,13 @@ def test_render_plan_of_the_lab_example(host: str) -> None:
     assert plan.vnics and plan.dispatch and plan.sets and plan.chains
     ports_in, ports_out = o.elements[(BR, "ports-in")], o.elements[(BR, "ports-out")]
     assert isinstance(ports_in, dict) and isinstance(ports_out, dict)
-    # one binding per vNIC port, the uplinks accepted, nothing else
-    assert ports_in == {**{p: "goto:src-guard" for p in plan.vnics}, **{u: "accept" for u in plan.uplinks}}
+    # one binding per vNIC port, the uplinks to their guard (no local guest's address from there)
+    assert ports_in == {**{p: "goto:src-guard" for p in plan.vnics},
+                        **{u: "goto:uplink-guard" for u in plan.uplinks}}
+    # every local guest's address (and its vNIC's link-local one) is refused as a source on the uplinks
+    assert o.elements[(BR, "own4")] == {str(a) for b in plan.vnics.values() for a in b.addresses}
+    assert o.elements[(BR, "own6")] == {str(link_local(b.mac)) for b in plan.vnics.values()}
+    assert o.elements[(BR, "nd-ports")] == {b.port: f"goto:{nd_chain_name(b.port)}" for b in plan.vnics.values()}
     assert ports_out == {**{p: "goto:dst-guard" for p in plan.vnics}, **{u: "accept" for u in plan.uplinks}}
     assert o.elements[(BR, "macs")] == {(b.port, b.mac) for b in plan.vnics.values()}
     assert o.elements[(BR, "bind4")] == {(b.port, b.mac, str(a)) for b in plan.vnics.values() for a in b.addresses}
@@ -265,3 +270,21 @@ def test_the_limiter_sets_are_dynamic_and_never_diffed() -> None:
     assert any("elem" in i.get("set", {}) for d in listed for i in d["nftables"] if i.get("set", {}).get("timeout"))
     from guestward.dataplane.readback import parse_tables
     assert diff_objects(parse_tables(listed), o) == [], "kernel-added limiter elements are not drift"
+
+
+def test_an_own_address_two_vnics_share_stays_when_one_of_them_goes() -> None:
+    """`own4`/`own6` are keyed by address: one guest's address on two vNICs, or two vNICs with one MAC
+    (one link-local address), must stay refused on the uplinks while either vNIC remains."""
+    two = Guest("g", "u", "h1", Labels({}), (Interface.of("52:54:00:00:00:01", "vnet0", ["10.0.0.1", "fd00::1"]),
+                                             Interface.of("52:54:00:00:00:01", "vnet1", ["10.0.0.1"])))
+    one = dataclasses.replace(two, interfaces=two.interfaces[:1])
+    for first, second in ((two, one), (one, two)):
+        c = Compiler(HOSTS)
+        c.upsert_guest(first)
+        before = c.state()
+        deltas = c.upsert_guest(second)
+        after = c.state()
+        replay_render(before.hosts["h1"], deltas["h1"], after.hosts["h1"])
+        own = render_plan(after.hosts["h1"])
+        assert own.elements[("bridge", "own4")] == {"10.0.0.1"}
+        assert own.elements[("bridge", "own6")] == {"fd00::1", str(link_local("52:54:00:00:00:01"))}

@@ -3,6 +3,7 @@ needed: the hook never calls it). Exit statuses per op, fail closed, and what it
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,34 @@ def test_a_busy_lock_makes_the_hook_fail_closed_in_bounded_time(tmp_path: Path, 
         assert hook.run(config(tmp_path), "h1", "prepare", "begin", XML, runner) == 1
         assert bound(netns) == set()
     assert "lock busy" in str(store.events("hook-error")[0]["error"])
+
+
+def _bindings(netns: str) -> dict[str, object]:
+    objects, _ = Enforcer(NftRunner(netns)).read()
+    return {"bind4": objects.elements[("bridge", "bind4")], "eg4": objects.elements[("inet", "eg4")]}
+
+
+def test_the_hook_quarantines_from_the_store_and_refuses_hostile_addresses(tmp_path: Path, netns: str) -> None:
+    """A guest started with its quarantine label removed from the XML, and claiming the gateway and a
+    host's address besides its own: the hook binds its own address only, to the quarantine identity."""
+    from guestward.compile.plan import identity_id
+    from guestward.model import QUARANTINE_LABEL, Labels
+    from guestward.store.config import NetworkConfig
+
+    cfg = Config(state_dir=tmp_path, hosts=[HostConfig(name="h1", uri="test:///default", addresses=["10.0.0.254"])],
+                 networks=[NetworkConfig(name="n", cidrs=["10.0.0.0/24"], gateways=["10.0.0.1"])])
+    store = Store(tmp_path / "guestward.db")
+    store.put_guests([], store.tick())
+    store.quarantine("11111111-2222-3333-4444-555555555555", "web")
+    hostile = XML.replace(
+        metadata_xml({"zone": "web"}, [("52:54:00:00:00:01", "10.0.0.1")]),
+        metadata_xml({"zone": "web"}, [("52:54:00:00:00:01", a) for a in ("10.0.0.7", "10.0.0.1", "10.0.0.254")]))
+    runner = NftRunner(netns)
+    assert hook.run(cfg, "h1", "prepare", "begin", hostile, runner) == 0
+    quarantined = identity_id(Labels({"zone": "web"}).with_label(*QUARANTINE_LABEL))
+    assert _bindings(netns) == {"bind4": {("tap-web", "52:54:00:00:00:01", "10.0.0.7")},
+                                "eg4": {"10.0.0.7": f"goto:eg-{quarantined}"}}
+    (g,) = store.guests()
+    assert g.labels.quarantined
+    assert g.interfaces[0].refused == ((ip_address("10.0.0.1"), "the gateway of network n"),
+                                       (ip_address("10.0.0.254"), "an address of host h1"))

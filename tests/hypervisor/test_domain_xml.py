@@ -207,3 +207,56 @@ def test_corpus_of_real_domain_xml() -> None:
         assert g.labels == Labels() and all(n.addresses == () for n in g.interfaces), where
         nics_seen += len(want)
     assert nics_seen >= 50
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("224.0.0.251", "multicast"), ("ff02::1", "multicast"),
+    ("169.254.169.254", "link-local"), ("fe80::1", "link-local"), ("255.255.255.255", "broadcast"),
+    ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("::ffff:10.77.0.1", "IPv4-mapped IPv6"),
+])
+def test_special_addresses_in_the_xml_are_kept_as_refused_never_bound(text: str, reason: str) -> None:
+    meta = f"""<metadata><gw:guest xmlns:gw="{NS}">
+      <gw:address mac="52:54:00:aa:00:11">10.77.0.11</gw:address>
+      <gw:address mac="52:54:00:aa:00:11">{text}</gw:address></gw:guest></metadata>"""
+    (nic,) = guest_from_xml(domain(meta), "h", True).interfaces
+    assert nic.addresses == (ip_address("10.77.0.11"),)
+    assert nic.refused == ((ip_address(text), reason),)
+
+
+BOUNDED = r"""
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (768 << 20, 768 << 20))
+from guestward.compile import compile_state
+from guestward.compile.address_trust import AddressTrust, Network, vet
+from guestward.hypervisor.domain_xml import MAX_XML_BYTES, NS, guest_from_xml
+from guestward.model import Host, Inventory
+from ipaddress import ip_network
+entry = '<gw:address mac="52:54:00:aa:00:11">{}</gw:address>'
+addrs = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(77 << 16, (77 << 16) + 200_000)]
+body, size = [], 0
+for a in addrs:
+    e = entry.format(a)
+    if size + len(e) > MAX_XML_BYTES - 2000:
+        break
+    body.append(e)
+    size += len(e)
+xml = (f"<domain><name>w</name><uuid>u</uuid><metadata><gw:guest xmlns:gw='{NS}'>{''.join(body)}</gw:guest>"
+       "</metadata><devices><interface type='bridge'><mac address='52:54:00:aa:00:11'/><target dev='vnet0'/>"
+       "</interface></devices></domain>")
+start = time.monotonic()
+g = vet(guest_from_xml(xml, "h", True), AddressTrust((Network("lab", (ip_network("10.77.0.0/24"),)),)))
+state = compile_state(Inventory((Host("h", "x"),), (g,)), [])
+print(len(body), len(g.interfaces[0].refused), len(g.interfaces[0].addresses), round(time.monotonic() - start, 2))
+"""
+
+
+def test_a_4_mib_xml_of_addresses_is_vetted_in_bounded_time_and_memory() -> None:
+    """Hostile input: as many declared addresses as 4 MiB of XML holds, under a 768 MiB address space."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", BOUNDED], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    declared, refused, bound, seconds = r.stdout.split()
+    assert int(declared) > 60_000 and int(refused) + int(bound) == int(declared)
+    assert int(bound) == 256 - 2  # only the lab range's ordinary addresses: 10.77.0.1 - 10.77.0.254
+    assert float(seconds) < 60

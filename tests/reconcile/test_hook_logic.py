@@ -20,8 +20,11 @@ A = ip_address("10.0.0.1")
 def test_start_from_nothing_binds_here_since_now() -> None:
     g = joined(None, replace(WEB, host="h2"), "h2", 42.0)
     assert (g.host, g.also_on, g.active, g.claimed_at(A)) == ("h2", (), True, 42.0)
+    # A stopped owner kept its claim (docs/SECURITY.md): starting again, it still holds it from then.
     stopped = replace(WEB, active=False, claimed=((A, 1.0),))
-    assert joined(stopped, WEB, "h1", 43.0).claimed_at(A) == 43.0
+    assert joined(stopped, WEB, "h1", 43.0).claimed_at(A) == 1.0
+    never_ran = replace(WEB, active=False)
+    assert joined(never_ran, WEB, "h1", 43.0).claimed_at(A) == 43.0
 
 
 def test_incoming_migration_keeps_the_source_and_the_binding_time() -> None:
@@ -38,7 +41,7 @@ def test_release_on_the_source_leaves_the_destination_and_the_last_release_stops
     after = left(both, "h1")
     assert (after.host, after.also_on, after.active) == ("h2", (), True)
     gone = left(after, "h2")
-    assert (gone.active, gone.also_on, gone.claimed) == (False, (), ())
+    assert (gone.active, gone.also_on, gone.claimed) == (False, (), ((A, 10.0),))  # the claim survives the stop
 
 
 def test_an_address_added_later_is_claimed_from_then_on() -> None:

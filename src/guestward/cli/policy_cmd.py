@@ -194,6 +194,10 @@ def register(app: typer.Typer) -> None:
                        or "no hosts enforced"))
         for c in ctl.conflicts:
             err.print(line(Own("[yellow]conflict:[/] "), c))
+        for f in ctl.findings:
+            if f.kind == "address-refused":
+                err.print(line(Own("[yellow]refused:[/] "),
+                               f"{f.subject}: address {f.detail['address']} ({f.detail['reason']})"))
         for h in ctl.unreachable:
             err.print(line(Own("[yellow]unreachable:[/] "), f"{h}: its guests kept as last seen"))
         for g in ctl.last_inventory.guests if ctl.last_inventory else ():
@@ -204,10 +208,14 @@ def register(app: typer.Typer) -> None:
         if ctl.failed or ctl.unreachable:  # the other hosts are enforced all the same
             raise typer.Exit(2)
 
-    def relabel(config: str | None, guest: str, key: str, value: str | None, reason: str | None = None) -> None:
+    def relabel(config: str | None, guest: str, key: str, value: str | None, reason: str | None = None,
+                quarantine: bool | None = None) -> None:
         ctl = controller(config)
         try:
-            commands = ctl.set_label(guest, key, value, reason=reason)
+            if quarantine is None:
+                commands = ctl.set_label(guest, key, value, reason=reason)
+            else:  # the store is the source of truth, the label its mirror
+                commands = ctl.set_quarantine(guest, quarantine, reason=reason)
         except KeyError:
             raise fail(f"no configured host defines a guest named {guest!r}") from None
         except RuntimeError as exc:
@@ -245,8 +253,9 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Quarantine a guest on every host: only quarantine-tier policies allow its traffic, and its
-        open connections are cut (POLICY.md 2.5)."""
-        relabel(config, guest, QUARANTINE_LABEL[0], QUARANTINE_LABEL[1], reason)
+        open connections are cut (POLICY.md 2.5). Held in guestward's store: removing the label from
+        the domain XML does not release it."""
+        relabel(config, guest, QUARANTINE_LABEL[0], QUARANTINE_LABEL[1], reason, quarantine=True)
 
     @app.command()
     def release(
@@ -254,8 +263,8 @@ def register(app: typer.Typer) -> None:
         reason: Annotated[str | None, typer.Option("--reason", help="why (kept in the event log)")] = None,
         config: ConfigOpt = None,
     ) -> None:
-        """Take a guest out of quarantine."""
-        relabel(config, guest, QUARANTINE_LABEL[0], None, reason)
+        """Take a guest out of quarantine (the store's, and the label that mirrors it)."""
+        relabel(config, guest, QUARANTINE_LABEL[0], None, reason, quarantine=False)
 
     @app.command()
     def policies(config: ConfigOpt = None) -> None:

@@ -74,10 +74,11 @@ def guest_rows(guests: list[Guest], hosts: list[HostStatus]) -> list[dict[str, A
     for g in sorted(guests, key=lambda g: (g.host, g.name, g.uuid)):
         vnics = [{"mac": nic.mac, "port": None if nic.port is None else printable(nic.port, 32),
                   "addresses": [str(a) for a in nic.addresses],
+                  "refused": [{"address": str(a), "reason": printable(r, 200)} for a, r in nic.refused],
                   "bound": g.active and nic.port is not None and nic.port in bound.get(g.host, set())}
                  for nic in g.interfaces]
         rows.append({"name": printable(g.name, 100), "uuid": printable(g.uuid, 64), "host": g.host,
-                     "state": guest_state(g), "vnics": vnics,
+                     "state": guest_state(g), "quarantined": g.labels.quarantined, "vnics": vnics,
                      "refusal": None if g.refusal is None else printable(g.refusal, 1200)})
     return rows
 
@@ -86,14 +87,16 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def status(as_json: Annotated[bool, typer.Option("--json", help="one JSON document")] = False,
                config: ConfigOpt = None) -> None:
-        """Hosts (reachable, enforced, or the error) and guests (host, state, vNICs, refusal): what
+        """Hosts (reachable, enforced, or the error) and guests (host, state, quarantine, vNICs, the
+        refusal of the guest or of its addresses): what
         guestward enforces now and what it cannot. Exit 1 when anything needs attention."""
         ctl = controller(config)
         inventory = ctl.inventory()
         state = compile_state(inventory, ctl.policies())
         hosts = host_status(ctl, state.hosts)
         guests = guest_rows(list(inventory.guests), hosts)
-        problems = any(not h.reachable or not h.enforced for h in hosts) or any(g["refusal"] for g in guests)
+        problems = (any(not h.reachable or not h.enforced for h in hosts) or any(g["refusal"] for g in guests)
+                    or any(n["refused"] for g in guests for n in g["vnics"]))
         if as_json:
             print(json.dumps({"hosts": [{"name": h.name, "reachable": h.reachable, "error": h.error,
                                          "enforced": h.enforced, "differences": h.differences,
@@ -108,11 +111,13 @@ def register(app: typer.Typer) -> None:
             table.add_row(escape(h.name), "reachable" if h.reachable else f"unreachable: {escape(h.error or '')}",
                           escape(tables))
         out.print(table)
-        table = Table("guest", "host", "state", "vNICs", "refusal", box=None)
+        table = Table("guest", "host", "state", "vNICs", "refused", box=None)
         for g in guests:
             nics = ", ".join(f"{n['port'] or '-'} {n['mac']}{' bound' if n['bound'] else ''}" for n in g["vnics"])
-            table.add_row(escape(g["name"]), escape(g["host"]), g["state"], escape(nics) or "-",
-                          escape(g["refusal"] or "-"))
+            refused = [f"address {r['address']} ({r['reason']})" for n in g["vnics"] for r in n["refused"]]
+            state = g["state"] + (", quarantined" if g["quarantined"] else "")
+            table.add_row(escape(g["name"]), escape(g["host"]), state, escape(nics) or "-",
+                          escape("; ".join(([g["refusal"]] if g["refusal"] else []) + refused) or "-"))
         out.print(table)
         for c in state.conflicts:
             err.print(f"[yellow]conflict:[/] {escape(printable(c, 500))}", highlight=False)

@@ -4,8 +4,9 @@ Invariants (checked by property tests):
 - the result does not depend on the order of policies, rules' policies, or guests;
 - after any sequence of `upsert_guest`/`remove_guest`, `state()` equals `compile_state` of the same
   inputs, and the returned `HostDelta`s replayed on the previous state give the new state;
-- an address claimed by two active guests belongs to the one that claimed it strictly first, else to neither
-  (fail closed), and is reported;
+- an address claimed by two guests belongs to the one that claimed it strictly first, else to neither
+  (fail closed), and is reported; a stopped guest still claims the addresses it claimed while it ran
+  (it owns them unbound: a guest started later with one of them gets no traffic on it).
 - a refused guest (`Guest.refusal`) binds no vNIC, claims no address and joins no set: it gets no
   traffic. It still claims its port names, so a stale guest naming the same tap is not bound to it.
 
@@ -180,8 +181,8 @@ class Compiler:
             for g in (old, new):
                 if g is not None:
                     affected.add(g.uuid)
+                    addrs.update(_claiming(g))
                     if g.active:
-                        addrs.update(g.addresses)
                         ports.update(_ports(g))
         affected |= {u for a in addrs for u in self._claims.get(a, ())}
         affected |= {u for p in ports for u in self._port_claims.get(p, ())}
@@ -201,11 +202,10 @@ class Compiler:
         return self._end()
 
     def _claim(self, g: Guest, sign: int) -> None:
-        if not g.active:
-            return
         if g.refusal is None:
-            _tally(self._claims, set(g.addresses), g.uuid, sign)
-        _tally(self._port_claims, _ports(g), g.uuid, sign)
+            _tally(self._claims, _claiming(g), g.uuid, sign)
+        if g.active:
+            _tally(self._port_claims, _ports(g), g.uuid, sign)
 
     def _owner(self, addr: IPAddress) -> str | None:
         """The uuid that holds `addr`: its only claimant, or the one that claimed it strictly first."""
@@ -270,7 +270,8 @@ class Compiler:
                 if self._port_claims.get((host, nic.port)) != {g.uuid}:
                     continue
                 nic_owned = self._owned(g, nic.addresses)
-                self._set_vnic(hs, nic.port, VnicBinding(nic.port, nic.mac, g.name, ident, nic_owned))
+                self._set_vnic(hs, nic.port, VnicBinding(nic.port, nic.mac, g.name, ident, nic_owned,
+                                                         local_only=len(g.hosts) == 1))
                 for a in nic_owned:
                     self._set_dispatch(hs, a, ident)
                 c.ports.append((host, nic.port))
@@ -418,6 +419,15 @@ class Compiler:
                 s.add(addr)
             else:
                 s.discard(addr)
+
+
+def _claiming(g: Guest) -> set[IPAddress]:
+    """The addresses `g` claims: all it declares while active; stopped, those it claimed while it ran
+    (an owner's claim survives its stop: it keeps the address from a guest started after it)."""
+    if g.active:
+        return set(g.addresses)
+    declared = set(g.addresses)
+    return {a for a, _ in g.claimed if a in declared}
 
 
 def _ports(g: Guest) -> set[tuple[str, str]]:

@@ -72,11 +72,15 @@ class ChainPlan:
 
 @dataclass(frozen=True, order=True)
 class VnicBinding:
+    """`local_only`: the guest is live on this host alone (not both ends of a migration), so its
+    addresses never arrive from an uplink (the bridge drops them there as spoofed)."""
+
     port: str
     mac: str
     guest: str
     identity: str
     addresses: tuple[IPAddress, ...] = ()
+    local_only: bool = True
 
 
 @dataclass(frozen=True, order=True)

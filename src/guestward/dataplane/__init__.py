@@ -4,8 +4,10 @@ guestward owns two tables per host and nothing else:
 
 `bridge guestward` (stateless guards on bridge ports; runs before br_netfilter's ip hooks)
   prerouting -300: `iifname vmap @ports-in`: a known vNIC goes to `src-guard` (its MAC, its declared
-    addresses, ARP/ND for them; marks the packet "from a local vNIC"), an uplink is accepted, any
-    other port is dropped (fail closed).
+    addresses, ARP for them, ND through its own `nd-<hash>` chain (`@nd-ports`), no router adverts;
+    marks the packet "from a local vNIC"), an uplink goes to `uplink-guard` (no source, ARP sender or
+    ND target that is an address of a guest living on this host alone: `@own4`/`@own6`, `uplink-nd`),
+    any other port is dropped (fail closed).
   forward -200: `oifname vmap @ports-out`: a packet to a known vNIC must be for one of its addresses
     (marked "to a local vNIC"), uplinks pass, unknown ports are dropped.
 `inet guestward` (stateful policy, through br_netfilter's conntrack; TESTBED.md 4.1)

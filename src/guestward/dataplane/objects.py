@@ -92,6 +92,7 @@ class NftObjects:
         self.chains[(c.family, c.name)] = c
 
     def bound_ports(self) -> set[str]:
-        """Bridge ports with a guest's guard (uplinks, which are simply accepted, are not bound)."""
+        """Bridge ports with a guest's guard (uplinks, accepted or sent to the uplink guard, are not bound)."""
         ports = self.elements.get(("bridge", "ports-in"), {})
-        return {str(k) for k, v in ports.items() if v != "accept"} if isinstance(ports, dict) else set()
+        uplink = ("accept", "goto:uplink-guard")
+        return {str(k) for k, v in ports.items() if v not in uplink} if isinstance(ports, dict) else set()

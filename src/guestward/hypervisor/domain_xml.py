@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from ipaddress import ip_address
 from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as SafeET
 
+from guestward.compile.address_trust import IPAddress, special_range
 from guestward.model import Guest, Interface, Labels, label_key_error
 from guestward.model.ifname import ifname_error
 from guestward.model.labels import label_value_error
@@ -42,12 +43,14 @@ class Metadata:
     labels: dict[str, str]
     addresses: dict[str, list[str]]  # mac -> addresses
     problems: tuple[str, ...] = ()
+    refused: dict[str, list[tuple[IPAddress, str]]] = field(default_factory=dict)  # mac -> (address, why)
 
 
 def parse_metadata(guest_el: Element | None) -> Metadata:
     """Parse a `<gw:guest>` element. Invalid entries are dropped and reported as problems."""
     labels: dict[str, str] = {}
     addresses: dict[str, list[str]] = {}
+    refused: dict[str, list[tuple[IPAddress, str]]] = {}
     problems: list[str] = []
     if guest_el is None:
         return Metadata(labels, addresses)
@@ -68,15 +71,19 @@ def parse_metadata(guest_el: Element | None) -> Metadata:
             problems.append(f"invalid address {text!r}")
             continue
         # A zone index ("fe80::1%eth0") would be rendered into the host's nft transaction and break it
-        # for every guest there; multicast and unspecified addresses are never a vNIC's own.
-        if getattr(addr, "scope_id", None) or addr.is_multicast or addr.is_unspecified:
+        # for every guest there.
+        if getattr(addr, "scope_id", None):
             problems.append(f"invalid address {text!r}: not a unicast address without zone")
             continue
         if not mac:
             problems.append(f"address {text!r} has no mac: it belongs to no vNIC")
             continue
+        # Never a vNIC's own whatever the configuration says: kept as refused (reported), not bound.
+        if reason := special_range(addr):
+            refused.setdefault(mac, []).append((addr, reason))
+            continue
         addresses.setdefault(mac, []).append(text)
-    return Metadata(labels, addresses, tuple(problems))
+    return Metadata(labels, addresses, tuple(problems), refused)
 
 
 def bypass_nics(root: Element) -> list[str]:
@@ -142,12 +149,16 @@ def guest_from_xml(xml: str, host: str, active: bool, bypass_allowed: Collection
         if port is not None and (err := ifname_error(port)):
             problems.append(f"vNIC {mac}: {err}")
             nic = replace(nic, port=None)  # the name never travels further than this message
-        nics.append(nic)
+        nics.append(replace(nic, refused=tuple(sorted(set(meta.refused.get(mac, ())), key=_order))))
     if uuid.lower() not in bypass_allowed:
         problems += [f"{nic} bypasses the bridge: guestward cannot enforce policy on it (allow the guest by "
                      f"UUID in the configuration's bypass_allowed)" for nic in bypass_nics(root)]
     return Guest(name=name, uuid=uuid, host=host, labels=Labels(meta.labels), interfaces=tuple(nics),
                  active=active, refusal=refusal_text(problems))
+
+
+def _order(item: tuple[IPAddress, str]) -> tuple[int, int]:
+    return (item[0].version, int(item[0]))
 
 
 def metadata_addresses(guest_el: Element | None) -> list[tuple[str, str]]:

@@ -33,7 +33,7 @@ from guestward.policy import PortRange, parse_port
 from guestward.reconcile import hook
 from guestward.reconcile.controller import Controller, read_sources
 from guestward.reconcile.migration import live_migrate
-from guestward.store.config import LAB_DIR, Config, HostConfig, save_config
+from guestward.store.config import LAB_DIR, Config, HostConfig, NetworkConfig, save_config
 
 log = logging.getLogger(__name__)
 BOOT_TIMEOUT = 240.0
@@ -76,9 +76,14 @@ class Lab:
 
     def config(self) -> Config:
         sc = self.scenario()
+        # The lab network is the guests' only range; its first address is the gateway's, the hosts' own
+        # addresses and the external machine's are never a guest's (docs/SECURITY.md, Guest addresses).
+        network = NetworkConfig(name="lab", cidrs=[str(sc.network)], gateways=[str(sc.network.network_address + 1)],
+                                reserved=[str(sc.external)] if sc.external is not None else [])
         return Config(state_dir=self.dir / "state", hosts=[
-            HostConfig(name=h, uri=hosts.socket_uri(self.dir, h), netns=hosts.netns_name(h), uplinks=[hosts.UPLINK])
-            for h in sc.hosts])
+            HostConfig(name=h, uri=hosts.socket_uri(self.dir, h), netns=hosts.netns_name(h), uplinks=[hosts.UPLINK],
+                       addresses=[str(sc.host_address(h))])
+            for h in sc.hosts], networks=[network])
 
     def controller(self) -> Controller:
         return Controller(self.config())

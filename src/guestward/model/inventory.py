@@ -15,11 +15,15 @@ class Interface:
     """One vNIC of a guest: its host-side port name (the tap), its MAC, its declared addresses.
 
     `port` is None when libvirt has not named the tap yet (a defined guest without `<target dev>`).
+    `refused`: addresses the domain XML declared for this vNIC that guestward does not bind, each with
+    the reason (outside the configured networks, a gateway's, a special range...); `addresses` holds
+    only the others.
     """
 
     mac: str
     port: str | None = None
     addresses: tuple[IPAddress, ...] = ()
+    refused: tuple[tuple[IPAddress, str], ...] = ()
 
     @staticmethod
     def of(mac: str, port: str | None, addresses: list[str] | tuple[str, ...] = ()) -> Interface:
@@ -40,9 +44,10 @@ class Guest:
     entry for a host has the same port name there as on `host`.
 
     `claimed`: (address, since) pairs: when guestward first saw this guest running with that address
-    declared (absent: not known). Of two running guests that claim one address, the one that claimed
-    it first keeps it and the later one gets no traffic on it (POLICY.md section 1); when that cannot
-    be told, neither keeps it.
+    declared (absent: not known). Of two guests that claim one address, the one that claimed it
+    first keeps it and the later one gets no traffic on it (POLICY.md section 1); when that cannot be
+    told, neither keeps it. A stopped guest keeps its claims (it holds the address, unbound), so
+    another guest started with that address does not take it while the owner is down.
 
     `refusal`: why guestward cannot enforce policy on this guest (a port name outside the allowed
     set, malformed guestward metadata, a vNIC that bypasses the bridge): when set, none of its vNICs
@@ -89,11 +94,14 @@ class Guest:
 
     def claiming_since(self, previous: Guest | None, now: float) -> Guest:
         """This guest with the claim times of its addresses: kept from `previous` (the same guest as
-        last seen running) for addresses it already declared, `now` for the others."""
-        def since(a: IPAddress) -> float:
-            t = previous.claimed_at(a) if previous is not None and previous.active else None
-            return t if t is not None else now
-        claimed = tuple(sorted(((a, since(a)) for a in set(self.addresses)), key=lambda c: (c[0].version, int(c[0]))))
+        last seen, running or not) for addresses it still declares; for the others `now` if this
+        guest is active, else none (a claim is made by running with the address, and an owner keeps
+        it through a stop until the address leaves its XML or the guest is undefined)."""
+        def since(a: IPAddress) -> float | None:
+            t = previous.claimed_at(a) if previous is not None else None
+            return t if t is not None or not self.active else now
+        times = ((a, since(a)) for a in set(self.addresses))
+        claimed = tuple(sorted(((a, t) for a, t in times if t is not None), key=lambda c: (c[0].version, int(c[0]))))
         return replace(self, claimed=claimed)
 
     @property

@@ -37,12 +37,13 @@ from guestward.enforce.enforcer import EnforceError
 from guestward.hypervisor import domains
 from guestward.hypervisor.errors import HypervisorError
 from guestward.hypervisor.inventory import merge_copies, read_copies, running_twice
-from guestward.model import Guest, Inventory
+from guestward.model import QUARANTINE_LABEL, Guest, Inventory
 from guestward.policy import Policy, parse_policies
+from guestward.reconcile.admission import admitted, inventory_findings
 from guestward.reconcile.hook import snapshot_plan
 from guestward.store.config import Config
 from guestward.store.lock import enforcement_lock
-from guestward.store.sqlite import Store, StoredPolicy
+from guestward.store.sqlite import Finding, Store, StoredPolicy
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Controller:
         self.last_inventory: Inventory | None = None  # what the last sync enforced
         self.conflicts: list[str] = []
         self.duplicates: list[str] = []
+        self.findings: list[Finding] = []
         self.enforced: dict[str, tuple[HostPlan, int]] = {}
 
     # -- reading ---------------------------------------------------------------------------------
@@ -91,8 +93,9 @@ class Controller:
 
     def inventory(self, starting: Iterable[str] = ()) -> Inventory:
         """Every guest on every configured host, one per uuid (see `merge_copies`); guests named in
-        `starting` count as running. Running guests keep the claim times the snapshot gave their
-        addresses."""
+        `starting` count as running. Every guest is admitted (reconcile/admission.py): addresses vetted
+        against the configured networks, quarantine from the store, claim times kept from the snapshot
+        (`findings` holds what was wrong)."""
         snapshot = {g.uuid: g for g in self.store.guests()}
         copies: dict[str, list[tuple[Guest, bool]]] = {}
         self.unreachable, self.unreachable_errors = [], {}
@@ -111,8 +114,10 @@ class Controller:
                 copies.setdefault(g.uuid, []).append((g, running))
         starting = set(starting)
         now = time.time()
+        trust, quarantined = self.config.address_trust(), self.store.quarantined()
         guests = []
         self.duplicates = []
+        self.findings = []
         for pairs in copies.values():
             g = merge_copies(pairs)
             if twice := running_twice(pairs):
@@ -120,8 +125,8 @@ class Controller:
                                        f"bound on {g.host} only")
             if g.name in starting or g.uuid in starting:
                 g = replace(g, active=True)
-            if g.active:
-                g = g.claiming_since(snapshot.get(g.uuid), now)
+            g, found = admitted(g, snapshot.get(g.uuid), now, trust, quarantined)
+            self.findings += found
             guests.append(g)
         return Inventory(tuple(h.host() for h in self.config.hosts), tuple(guests))
 
@@ -141,8 +146,10 @@ class Controller:
         read = self.inventory(starting)
         with enforcement_lock(self.config.state_dir) as generation:
             inventory = self._newer_from_hook(read, read_at)
-            state = compile_state(inventory, self.policies())
+            policies = self.policies()
+            state = compile_state(inventory, policies)
             self.conflicts = [str(c) for c in state.conflicts] + self.duplicates
+            self._report(inventory, policies)
             previous = {g.uuid: g for g in self.store.guests()}
             newly_quarantined = [g.uuid for g in inventory.guests if g.active and g.labels.quarantined
                                  and not (g.uuid in previous and previous[g.uuid].labels.quarantined)]
@@ -172,6 +179,12 @@ class Controller:
             if g.refusal is not None and (g.uuid not in previous or previous[g.uuid].refusal != g.refusal):
                 log.warning("guest %r on %s refused: %s", g.name, g.host, g.refusal)
                 self.store.record("refused", g.name, uuid=g.uuid, host=g.host, reason=g.refusal)
+
+    def _report(self, inventory: Inventory, policies: list[Policy]) -> None:
+        """Keep the current findings in the store; record each new one once as an event."""
+        found = self.findings + inventory_findings(inventory.guests, policies, self.config.address_trust())
+        for f in self.store.put_findings(found):
+            self.store.record(f.kind, f.subject, **f.detail)
 
     def _cut_pending(self, inventory: Inventory) -> None:
         """Cut the open connections of every guest that became quarantined (by anyone, through any
@@ -233,6 +246,21 @@ class Controller:
             raise KeyError(guest)
         self.store.record("label", guest, key=key, value=value, hosts=found, reason=reason)
         return self.sync()  # a guest that became quarantined has its open connections cut there
+
+    def set_quarantine(self, guest: str, on: bool, reason: str | None = None) -> dict[str, int]:
+        """Quarantine `guest` (or release it) in guestward's store, the source of truth, then mirror it
+        as the label in its domain XML and enforce. A label left in the XML still quarantines (fail
+        closed), so a release whose label cannot be removed raises and the guest stays quarantined.
+        Raises KeyError when no configured host defines the guest."""
+        g = self.inventory().guest(guest)
+        if g is None:
+            raise KeyError(guest)
+        if on:
+            self.store.quarantine(g.uuid, g.name, reason)
+        else:
+            self.store.release(g.uuid)
+        self.store.record("quarantine" if on else "release", g.name, uuid=g.uuid, reason=reason)
+        return self.set_label(g.name, QUARANTINE_LABEL[0], QUARANTINE_LABEL[1] if on else None, reason)
 
     def forget_connections(self, g: Guest) -> None:
         """Quarantine also cuts what is already open: the guest's connections are judged again, by

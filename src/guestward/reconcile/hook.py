@@ -29,6 +29,8 @@ Contract:
 - once libvirt has made the guest's taps (`start`, `started`, `reconnect`), any other guest the
   snapshot still has on one of them is stale and leaves this host in the snapshot.
 - every run is recorded in the event log (`hook` events) with its duration.
+- the guest is admitted as the controller admits it (reconcile/admission.py): an address the
+  configuration refuses is not bound, and guestward's store decides quarantine, not the XML alone.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from guestward.enforce.unbind import Footprint, bound_as, foreign_on_own_ports, 
 from guestward.hypervisor.domain_xml import MAX_XML_BYTES, guest_from_xml, unallowed_bypass
 from guestward.model import Guest, Inventory
 from guestward.policy import parse_policies
+from guestward.reconcile.admission import admitted
 from guestward.store.config import Config, load_config
 from guestward.store.lock import LockTimeout, enforcement_lock
 from guestward.store.sqlite import Store
@@ -82,7 +85,8 @@ def left(snapshot: Guest, host: str) -> Guest:
     """The guest after it stopped being live on `host`."""
     if any(h != host for h in snapshot.hosts):
         return snapshot.gone_from(host)
-    return replace(snapshot, host=host, also_on=(), active=False, claimed=(), ports_elsewhere=())
+    # Its claims stay: an owner keeps its addresses through a stop (Guest.claimed).
+    return replace(snapshot, host=host, also_on=(), active=False, ports_elsewhere=())
 
 
 def snapshot_plan(config: Config, store: Store, guests: list[Guest], host: str) -> HostPlan:
@@ -127,6 +131,8 @@ def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRun
             snapshot = {g.uuid: g for g in store.guests()}
             prev = snapshot.get(seen.uuid)
             if op in BIND_OPS:
+                # As the controller would see it: addresses vetted, quarantine from the store.
+                seen, _ = admitted(seen, prev, time.time(), config.address_trust(), store.quarantined())
                 now_guest = joined(prev, seen, host, time.time())
                 # libvirt gives a tap to one guest at a time: once it has made it for this guest,
                 # whoever else the snapshot has on it is stale (an XML's name alone proves nothing)

@@ -5,7 +5,8 @@ The sequence (CONNTRACK-FLOWS-NOTES.md 1.5):
 1. libvirt migrates the guest live and leaves it paused on the destination (`VIR_MIGRATE_PAUSED`;
    `domains.migrate` resumes it as soon as libvirt's Finish phase is done there);
    the policy is already bound on both ends by the hook (`migrate`/`prepare` on the destination,
-   `stopped` on the source), so nothing here changes what is enforced;
+   `stopped` on the source); at the switchover the source also enforces the guest as live on both
+   ends (its uplink guard must let the guest's packets from the destination in);
 2. while it is paused, its entries are copied from the source to the destination (`handover`);
 3. the guest resumes, and QEMU's announcement moves the switches' tables over;
 4. the source forgets the entries it no longer forwards (those whose other end is a guest still on
@@ -20,17 +21,21 @@ packet still meets the rules, only established connections may be cut.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from guestward.enforce import NftRunner
+from guestward.compile.address_trust import vet
+from guestward.enforce import Enforcer, NftRunner
 from guestward.enforce.conntrack import Conntrack, Handover, forget, handover
 from guestward.hypervisor import domains
 from guestward.hypervisor.domain_xml import guest_from_xml
 from guestward.hypervisor.errors import HypervisorError
 from guestward.model import Guest
+from guestward.reconcile.hook import LOCK_TIMEOUT, snapshot_plan
 from guestward.store.config import Config
+from guestward.store.lock import enforcement_lock
 from guestward.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -72,12 +77,23 @@ def live_migrate(config: Config, name: str, source: str, destination: str, *,
     module docstring). Raises HypervisorError when libvirt cannot migrate; the guest then still runs
     on the source."""
     src_uri, dst_uri = config.host(source).uri, config.host(destination).uri
-    addresses = sorted(str(a) for a in guest_from_xml(domains.live_xml(src_uri, name), source, True).addresses)
+    # Only addresses the configuration lets it have: a gateway's or a host's declared in its XML must
+    # not get their connections moved or forgotten (docs/SECURITY.md, Domain XML).
+    seen = vet(guest_from_xml(domains.live_xml(src_uri, name), source, True), config.address_trust())
+    addresses = sorted(str(a) for a in seen.addresses)
     report = MigrationReport(name, source, destination)
     src_ct, dst_ct = conntrack_of(config, source), conntrack_of(config, destination)
 
+    # The source's tables still hold the guest as living there alone, so its uplink guard would drop
+    # the guest's packets coming back from the destination until libvirt's Confirm phase (seconds)
+    # runs the source's release hook. At switchover the store already holds the guest live on both
+    # ends (the destination's hook): the source enforces that, beside the resume, not before it.
+    letting_go = threading.Thread(target=_source_lets_go, args=(config, source), name=f"unguard-{name}",
+                                  daemon=True)
+
     def switchover() -> None:
         report.handover = handover(src_ct, dst_ct, addresses)
+        letting_go.start()
 
     try:
         stats = domains.migrate(src_uri, dst_uri, name, rewrite, migration_uri, switchover=switchover)
@@ -89,6 +105,8 @@ def live_migrate(config: Config, name: str, source: str, destination: str, *,
         stats = {}
     report.time_elapsed, report.libvirt_downtime = stats.get("time_elapsed", 0), stats.get("downtime", 0)
     report.added_downtime = stats.get("added_downtime", 0)
+    if letting_go.is_alive():
+        letting_go.join(timeout=LOCK_TIMEOUT + 20)
     store = Store(config.state_dir / "guestward.db")
     try:
         try:
@@ -99,6 +117,20 @@ def live_migrate(config: Config, name: str, source: str, destination: str, *,
     finally:
         store.close()
     return report
+
+
+def _source_lets_go(config: Config, source: str) -> None:
+    """Make the source hold the stored snapshot's plan (the guest live on both ends: its addresses
+    no longer refused on the source's uplinks). Best effort: the release hook does it later anyway."""
+    store = Store(config.state_dir / "guestward.db")
+    try:
+        with enforcement_lock(config.state_dir, timeout=LOCK_TIMEOUT):
+            plan = snapshot_plan(config, store, store.guests(), source)
+            Enforcer(NftRunner(config.host(source).netns), config.settings()).sync(plan)
+    except Exception as exc:
+        log.warning("%s: could not let the migrated guest go from the uplink guard yet: %s", source, exc)
+    finally:
+        store.close()
 
 
 def _forget_on_source(store: Store, source_ct: Conntrack, source: str, name: str, addresses: list[str]) -> int:

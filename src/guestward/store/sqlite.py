@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,14 @@ CREATE TABLE IF NOT EXISTS clock (
 );
 INSERT OR IGNORE INTO clock VALUES (1, 0, 0);
 CREATE TABLE IF NOT EXISTS pending_cut (uuid TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS quarantine (uuid TEXT PRIMARY KEY, name TEXT NOT NULL, at REAL NOT NULL, reason TEXT);
+CREATE TABLE IF NOT EXISTS finding (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    since REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS event (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -79,6 +87,20 @@ CREATE INDEX IF NOT EXISTS flow_guest ON flow (guest, id);
 """
 FLOW_COLUMNS = ("at", "host", "guest", "direction", "verdict", "reason", "chain", "rule", "proto", "src", "sport",
                 "dst", "dport", "tcpflags", "port", "lost", "mac")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something a sync found wrong in its inputs, current until a sync no longer finds it.
+    `key` identifies it across syncs (kind, subject and what it is about)."""
+
+    kind: str
+    subject: str
+    detail: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return json.dumps([self.kind, self.subject, self.detail], sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -188,6 +210,42 @@ class Store:
     def done_cut(self, uuid: str) -> None:
         self._db.execute("DELETE FROM pending_cut WHERE uuid = ?", (uuid,))
 
+    # -- quarantine: the source of truth (the domain XML label only mirrors it) ---------------------
+
+    def quarantine(self, uuid: str, name: str, reason: str | None = None) -> None:
+        self._db.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?) ON CONFLICT(uuid) DO NOTHING",
+                         (uuid, name, time.time(), reason))
+
+    def release(self, uuid: str) -> bool:
+        """Take `uuid` out of quarantine; False if it was not in."""
+        return self._db.execute("DELETE FROM quarantine WHERE uuid = ?", (uuid,)).rowcount > 0
+
+    def quarantined(self) -> dict[str, str]:
+        """uuid -> name of every guest guestward holds in quarantine."""
+        return dict(self._db.execute("SELECT uuid, name FROM quarantine ORDER BY uuid").fetchall())
+
+    # -- findings: what the last sync found wrong in its inputs (refused addresses...) ---------------
+
+    def put_findings(self, findings: list[Finding]) -> list[Finding]:
+        """Replace the current findings with `findings` in one transaction; returns the new ones (not
+        current before), which the caller records as events: one event per finding, not per sync."""
+        with self._tx() as db:
+            before = {r[0] for r in db.execute("SELECT key FROM finding")}
+            db.execute("DELETE FROM finding WHERE key NOT IN (SELECT value FROM json_each(?))",
+                       (json.dumps([f.key for f in findings]),))
+            new = [f for f in {f.key: f for f in findings}.values() if f.key not in before]
+            db.executemany("INSERT INTO finding VALUES (?, ?, ?, ?, ?)",
+                           [(f.key, f.kind, f.subject, json.dumps(f.detail, sort_keys=True), time.time()) for f in new])
+        return new
+
+    def findings(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The current findings (oldest first), as data: kind, subject, since and the detail fields."""
+        q, args = "SELECT kind, subject, since, detail FROM finding", ()
+        if kind:
+            q, args = q + " WHERE kind = ?", (kind,)
+        rows = self._db.execute(q + " ORDER BY since, key", args).fetchall()
+        return [{"kind": r[0], "subject": r[1], "since": r[2], **json.loads(r[3])} for r in rows]
+
     # -- the event log ---------------------------------------------------------------------------
 
     def record(self, kind: str, subject: str, **detail: Any) -> None:
@@ -275,14 +333,16 @@ def guest_to_json(g: Guest) -> str:
         "name": g.name, "uuid": g.uuid, "host": g.host, "labels": dict(g.labels), "active": g.active,
         "also_on": list(g.also_on), "claimed": [[str(a), t] for a, t in g.claimed],
         "ports_elsewhere": [list(e) for e in g.ports_elsewhere], "refusal": g.refusal,
-        "interfaces": [{"mac": i.mac, "port": i.port, "addresses": [str(a) for a in i.addresses]}
-                       for i in g.interfaces],
+        "interfaces": [{"mac": i.mac, "port": i.port, "addresses": [str(a) for a in i.addresses],
+                        "refused": [[str(a), r] for a, r in i.refused]} for i in g.interfaces],
     }, sort_keys=True)
 
 
 def guest_from_json(text: str) -> Guest:
     d = json.loads(text)
-    nics = tuple(Interface.of(i["mac"], i["port"], i["addresses"]) for i in d["interfaces"])
+    nics = tuple(replace(Interface.of(i["mac"], i["port"], i["addresses"]),
+                         refused=tuple((ip_address(a), r) for a, r in i.get("refused", [])))
+                 for i in d["interfaces"])
     return Guest(d["name"], d["uuid"], d["host"], Labels(d["labels"]), nics, d["active"], tuple(d["also_on"]),
                  tuple((ip_address(a), t) for a, t in d.get("claimed", [])),
                  tuple((h, m, p) for h, m, p in d.get("ports_elsewhere", [])), d.get("refusal"))
