@@ -2,6 +2,10 @@
 
 Contract: `parse_policies` either returns every policy of the given sources or raises `PolicyError`
 listing every problem as `file:line: message`. It raises nothing else, whatever the input.
+
+Cost is bounded while loading, not after: a source over 8 MiB (counted in UTF-8 bytes) is refused
+before YAML sees it, and the composer stops at the first alias, at the 200 001st node of a file or
+below 64 levels of nesting, so neither time nor memory grows past those caps whatever the input.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from guestward.policy.schema import MatchExpressionDoc, PeerDoc, PolicyDoc, Rule
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _RULE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_PORT_RE = re.compile(r"^(tcp|udp)/(\d{1,5})(?:-(\d{1,5}))?$")
-_MAX_SOURCE_BYTES = 8 * 1024 * 1024
+_PORT_RE = re.compile(r"(tcp|udp)/([0-9]{1,5})(?:-([0-9]{1,5}))?", re.ASCII)  # ASCII digits: not `tcp/٤٤٣`
+MAX_SOURCE_BYTES = 8 * 1024 * 1024
 _MAX_NODES = 200_000
+_MAX_DEPTH = 64
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # what YAML counts as the end of a line
 _SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}"
                          for t in ("null", "bool", "int", "float", "str", "timestamp", "binary"))
 
@@ -45,6 +51,59 @@ class _Invalid(Exception):
     def __init__(self, line: int, message: str) -> None:
         self.line = line
         self.message = message
+
+
+class _Refused(Exception):
+    """The composer stopped: an input that would cost more than the caps allow, or an alias."""
+
+    def __init__(self, mark: Any, message: str) -> None:
+        self.line = mark.line + 1 if mark is not None else 1
+        self.message = message
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with its composer bounded: every node is counted as it is composed, so
+    a hostile file is refused after at most `_MAX_NODES` nodes instead of after all of them."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.nodes = 0
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):  # one alias can stand for a whole tree: billion laughs
+            anchored = self.anchors.get(event.anchor)
+            alias_line = event.start_mark.line + 1 if event.start_mark is not None else 1
+            where = f" (alias *{event.anchor} at line {alias_line})"
+            raise _Refused(anchored.start_mark if anchored is not None else event.start_mark,
+                           "anchors and aliases are not supported" + where)
+        self.nodes += 1
+        if self.nodes > _MAX_NODES:
+            raise _Refused(event.start_mark, f"too many YAML nodes (more than {_MAX_NODES} in one file)")
+        if self.depth >= _MAX_DEPTH:
+            raise _Refused(event.start_mark, f"document nested too deeply (more than {_MAX_DEPTH} levels)")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _compose_all(text: str) -> list[yaml.Node | None]:
+    loader = _BoundedLoader(text)
+    try:
+        nodes = []
+        while loader.check_node():
+            nodes.append(loader.get_node())
+        return nodes
+    finally:
+        loader.dispose()
+
+
+def _line_at(text: str, index: int) -> int:
+    """The 1-based YAML line of character `index` of `text`."""
+    return len(_LINE_BREAK.findall(text, 0, max(0, min(index, len(text))))) + 1
 
 
 class _Located:
@@ -104,10 +163,10 @@ def parse_port(text: str) -> PortRange:
     """Parse one port spec (POLICY.md 2.2). Raises ValueError with a readable message."""
     if not isinstance(text, str):
         raise ValueError(f"port {text!r} must be a string such as tcp/443, udp/53, icmp or any")
-    t = text.strip().lower()
+    t = text.strip(" \t").lower()
     if t in ("icmp", "icmpv6", "any"):
         return PortRange(t)
-    m = _PORT_RE.match(t)
+    m = _PORT_RE.fullmatch(t)
     if not m:
         raise ValueError(f"invalid port {text!r}: expected tcp/PORT, tcp/FIRST-LAST, udp/..., icmp, icmpv6 or any")
     first = int(m.group(2))
@@ -240,11 +299,22 @@ def parse_policies(sources: Iterable[tuple[str, str]]) -> list[Policy]:
     diagnostics: list[Diagnostic] = []
     policies: list[Policy] = []
     for file, text in sources:
-        if not isinstance(text, str) or len(text) > _MAX_SOURCE_BYTES:
-            diagnostics.append(Diagnostic(file, 1, "not a text file or larger than 8 MiB"))
+        if not isinstance(text, str):
+            diagnostics.append(Diagnostic(file, 1, "not a text file"))
+            continue
+        if len(text) > MAX_SOURCE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
+            diagnostics.append(Diagnostic(file, 1, f"larger than {MAX_SOURCE_BYTES // 1024 // 1024} MiB"))
             continue
         try:
-            nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+            nodes = _compose_all(text)
+        except _Refused as exc:
+            diagnostics.append(Diagnostic(file, exc.line, exc.message))
+            continue
+        except yaml.reader.ReaderError as exc:  # a NUL or another character YAML does not allow
+            what = f"{exc.character!r}" if isinstance(exc.character, str) else f"byte {exc.character!r}"
+            diagnostics.append(Diagnostic(file, _line_at(text, exc.position), f"invalid YAML: character {what} "
+                                          "is not allowed in YAML"))
+            continue
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 1

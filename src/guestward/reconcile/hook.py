@@ -32,7 +32,6 @@ from guestward.compile import HostPlan, compile_state
 from guestward.enforce import Enforcer, NftRunner
 from guestward.hypervisor.domain_xml import guest_from_xml
 from guestward.model import Guest, Inventory
-from guestward.policy import parse_policies
 from guestward.store.config import Config, load_config
 from guestward.store.lock import enforcement_lock
 from guestward.store.sqlite import Store
@@ -71,7 +70,7 @@ def left(snapshot: Guest, host: str) -> Guest:
 def snapshot_plan(config: Config, store: Store, guests: list[Guest], host: str) -> HostPlan:
     """`host`'s plan for an inventory snapshot and the stored policies (no libvirt call)."""
     inventory = Inventory(tuple(h.host() for h in config.hosts), tuple(guests))
-    return compile_state(inventory, parse_policies(store.policy_sources())).hosts[host]
+    return compile_state(inventory, store.load_policies()).hosts[host]
 
 
 def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRunner | None = None) -> int:
