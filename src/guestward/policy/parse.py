@@ -18,6 +18,9 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from yaml.composer import Composer
+from yaml.reader import Reader
+from yaml.resolver import Resolver
 
 from guestward.model import Expression, Operator, Selector, label_key_error
 from guestward.model.labels import label_value_error
@@ -61,17 +64,32 @@ class _Refused(Exception):
         self.message = message
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with its composer bounded: every node is counted as it is composed, so
-    a hostile file is refused after at most `_MAX_NODES` nodes instead of after all of them."""
+try:  # libyaml scans ten times faster than PyYAML's Python scanner; the composer stays Python (bounded)
+    from yaml._yaml import CParser as _Parser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    from yaml.parser import Parser as _Parser  # type: ignore[assignment]
+
+
+class _BoundedLoader(_Parser, Composer, Resolver):  # type: ignore[misc]
+    """A safe composer (YAML 1.1 resolution, no constructor: values are built by `_Located`) that
+    counts every node as it is composed, so a hostile file is refused after at most `_MAX_NODES`
+    nodes instead of after all of them, and refuses every alias before it is followed."""
 
     def __init__(self, stream: str) -> None:
-        super().__init__(stream)
+        if _Parser.__module__ == "yaml.parser":  # pragma: no cover - the pure-Python parser needs its own reader
+            yaml.reader.Reader.__init__(self, stream)  # type: ignore[arg-type]
+            yaml.scanner.Scanner.__init__(self)  # type: ignore[arg-type]
+        _Parser.__init__(self, stream)
+        Composer.__init__(self)
+        Resolver.__init__(self)
         self.nodes = 0
         self.depth = 0
 
+    check_node = Composer.check_node
+    get_node = Composer.get_node
+
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        event = self.peek_event()  # type: ignore[no-untyped-call]
+        event: Any = self.peek_event()
         if isinstance(event, yaml.AliasEvent):  # one alias can stand for a whole tree: billion laughs
             anchored = self.anchors.get(event.anchor)
             alias_line = event.start_mark.line + 1 if event.start_mark is not None else 1
@@ -92,18 +110,25 @@ class _BoundedLoader(yaml.SafeLoader):
 
 def _compose_all(text: str) -> list[yaml.Node | None]:
     loader = _BoundedLoader(text)
-    try:
-        nodes = []
-        while loader.check_node():
-            nodes.append(loader.get_node())
-        return nodes
-    finally:
-        loader.dispose()
+    nodes = []
+    while loader.check_node():
+        nodes.append(loader.get_node())
+    return nodes
 
 
 def _line_at(text: str, index: int) -> int:
     """The 1-based YAML line of character `index` of `text`."""
     return len(_LINE_BREAK.findall(text, 0, max(0, min(index, len(text))))) + 1
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    """The character at 0-based `line` and `column` of `text` (empty when out of range)."""
+    start = 0
+    for n, m in enumerate(_LINE_BREAK.finditer(text)):
+        if n == line:
+            break
+        start = m.end()
+    return text[start + column:start + column + 1]
 
 
 class _Located:
@@ -310,15 +335,18 @@ def parse_policies(sources: Iterable[tuple[str, str]]) -> list[Policy]:
         except _Refused as exc:
             diagnostics.append(Diagnostic(file, exc.line, exc.message))
             continue
-        except yaml.reader.ReaderError as exc:  # a NUL or another character YAML does not allow
-            what = f"{exc.character!r}" if isinstance(exc.character, str) else f"byte {exc.character!r}"
-            diagnostics.append(Diagnostic(file, _line_at(text, exc.position), f"invalid YAML: character {what} "
-                                          "is not allowed in YAML"))
+        except yaml.reader.ReaderError:  # a NUL or another character YAML does not allow: found here, so
+            bad = Reader.NON_PRINTABLE.search(text)  # its line does not depend on how the parser counts
+            where, what = (_line_at(text, bad.start()), f"character {bad.group()!r}") if bad else (1, "a character")
+            diagnostics.append(Diagnostic(file, where, f"invalid YAML: {what} is not allowed in YAML"))
             continue
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 1
-            message = f"invalid YAML: {exc.problem or exc.context}"
+            problem = exc.problem or exc.context or "unknown error"
+            if mark and problem.startswith("found character that"):  # libyaml does not say which one
+                problem = problem.replace("character", f"character {_char_at(text, mark.line, mark.column)!r}", 1)
+            message = f"invalid YAML: {problem}"
             if exc.context and exc.context_mark and exc.problem_mark and exc.context_mark.line != exc.problem_mark.line:
                 message += f" ({exc.context} at line {exc.context_mark.line + 1})"
             diagnostics.append(Diagnostic(file, line, message))
