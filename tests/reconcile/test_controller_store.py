@@ -31,7 +31,8 @@ def controller(tmp_path: Path) -> Controller:
     cfg = Config(state_dir=tmp_path / "state", hosts=[HostConfig(
         name="hv1", uri=f"qemu+unix:///system?socket={tmp_path}/no-libvirtd")])
     ctl = Controller(cfg, only_hosts=["elsewhere"])
-    web = Guest("web", "u1", "hv1", Labels({"zone": "web"}), (Interface.of("52:54:00:00:00:01", "vnet1", ["10.0.0.1"]),))
+    web = Guest("web", "u1", "hv1", Labels({"zone": "web"}),
+                (Interface.of("52:54:00:00:00:01", "vnet1", ["10.0.0.1"]),))
     db = Guest("db", "u2", "hv1", Labels({"zone": "db", "env": "prod"}),
                (Interface.of("52:54:00:00:00:02", "vnet2", ["10.0.0.2"]),))
     ctl.store.put_guests([web, db], ctl.store.tick())
@@ -77,7 +78,7 @@ def test_an_empty_replace_is_refused_unless_meant(tmp_path: Path) -> None:
         assert [str(d) for d in exc.value.diagnostics] == [
             "empty.yaml:1: no policy documents: `apply --replace` would remove every installed policy "
             "(--allow-empty to mean it)"]
-        with pytest.raises(PolicyError, match="empty.yaml:1: no policy documents: nothing to apply"):
+        with pytest.raises(PolicyError, match=r"^empty\.yaml:1: no policy documents: nothing to apply$"):
             ctl.apply([("empty.yaml", text)])
         assert state(ctl) == before
     ctl.apply([("empty.yaml", "")], replace_all=True, allow_empty=True)

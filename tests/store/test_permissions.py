@@ -53,6 +53,6 @@ def test_a_store_owned_by_another_user_or_a_link_is_refused(tmp_path: Path) -> N
         Store(db)
     db.unlink()
     db.symlink_to(tmp_path / "elsewhere.db")
-    with pytest.raises(StoreError, match="guestward.db: "):
+    with pytest.raises(StoreError, match=r"guestward\.db: "):
         Store(db)
     assert not (tmp_path / "elsewhere.db").exists()
