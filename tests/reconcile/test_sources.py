@@ -97,7 +97,7 @@ def test_every_problem_of_a_directory_at_once(tmp_path: Path) -> None:
 def test_a_file_name_cannot_forge_another_diagnostic_line(tmp_path: Path) -> None:
     d = tmp_path / "p"
     d.mkdir()
-    (d / "x.yaml\nforged.yaml:1: all good").write_bytes(b"\xff")
+    (d / "x\nforged.yaml:1: good.yaml").write_bytes(b"\xff")
     (got,) = diagnostics(d)
-    assert got == f"{d}/x.yaml\\x0aforged.yaml:1: all good:1: not UTF-8 text (byte 0xff)"
+    assert got == f"{d}/x\\x0aforged.yaml:1: good.yaml:1: not UTF-8 text (byte 0xff)"
     assert "\n" not in got
