@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from guestward.reconcile.controller import Controller
 from guestward.store.config import Config, HostConfig, load_config, save_config
 from guestward.store.lock import writer_lock
+from guestward.store.sqlite import StoredPolicy
 from tests.conftest import GUESTWARD, guestward
 from tests.enforce.test_enforcer import guest
 from tests.policy.hostile import hostile_file
@@ -177,3 +178,18 @@ def test_apply_waits_for_the_writer_lock(config: Path, tmp_path: Path) -> None:
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "waited" in {p.name for p in ctl_of(config).policies()} and in_sync(config)
+
+
+def test_a_poisoned_store_of_the_earlier_layout_is_reported_and_repaired(config: Path) -> None:
+    tagged = ("%TAG !g! tag:yaml.org,2002:\n---\napiVersion: !g!str guestward.dev/v1\nkind: Policy\n"
+              "metadata: {name: tagged}\nspec: {tier: baseline}\n")
+    ctl_of(config).store.put_policies([StoredPolicy("tagged", "t.yaml", 2, tagged.split("\n", 1)[1])])
+    for args in (["policies"], ["explain", "g1", "g2", "tcp/443"]):
+        r = guestward(*args, "--config", str(config))
+        assert r.returncode == 2, r.stdout
+        assert "\nt.yaml:3: invalid YAML: found undefined tag handle\n" in "\n" + r.stderr, r.stderr
+        assert "`guestward delete` the broken one" in r.stderr
+    r = guestward("delete", "tagged", "--config", str(config))
+    assert r.returncode == 0, r.stderr
+    assert guestward("policies", "--config", str(config)).returncode == 0
+    assert in_sync(config)
