@@ -134,27 +134,30 @@ def load_policies(stored: list[StoredPolicy]) -> list[Policy]:
 
 
 def _private(path: Path) -> None:
-    """Make the database file (and its directory, when new) private to this user: 0600 / 0700."""
+    """Make the database file (and its directory, when new) private to this user: 0600 / 0700.
+
+    The file is never opened here once it exists: closing any descriptor of a database file drops
+    every POSIX lock this process holds on it, those of its other SQLite connections included (the
+    agent has several), and SQLite's isolation with them. So only a new file is created (O_EXCL, so
+    no connection can have it open), and an existing one is checked and tightened by its path."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
     except OSError as exc:
         raise StoreError(f"{path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-            raise StoreError(f"{path}: not a regular file owned by uid {os.geteuid()}: refused")
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        try:  # SQLite gives these the database's mode when it creates them; earlier ones may be 0644
-            if extra.lstat().st_uid == os.geteuid() and not extra.is_symlink():
-                extra.chmod(0o600)
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            st = f.lstat()
         except FileNotFoundError:
-            pass
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise StoreError(f"{f}: not a regular file owned by uid {os.geteuid()}: refused")
+        if stat.S_IMODE(st.st_mode) != 0o600:  # an earlier store was 0644; SQLite gives -wal/-shm its mode
+            os.chmod(f, 0o600)
 
 
 class Store:
