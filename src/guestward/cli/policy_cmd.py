@@ -1,4 +1,7 @@
-"""`guestward apply`, `explain`, `reach`, `policies`: policy in, verdicts out."""
+"""`guestward apply`, `delete`, `explain`, `reach`, `policies`: policy in, verdicts out.
+
+Names that come from users or files (file names, guest names) are printed escaped, never read as
+rich markup: a file called `[/x].yaml` is a name, not a closing tag."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from guestward.lab.console import ConsoleError
 from guestward.lab.lab import Flow, Lab, LabError
 from guestward.model import QUARANTINE_LABEL, Guest, Inventory, label_key_error
 from guestward.model.labels import label_value_error
-from guestward.policy import PolicyError, PortRange, parse_port
+from guestward.policy import Policy, PolicyError, PortRange, parse_port
 from guestward.reconcile.controller import Controller, read_sources
 from guestward.store.config import LAB_DIR, ConfigError, load_config
 
@@ -46,6 +49,25 @@ def controller(config: str | None) -> Controller:
 def fail(message: str) -> typer.Exit:
     err.print(error_line(message))
     return typer.Exit(2)
+
+
+def rejected(exc: PolicyError, what: str) -> typer.Exit:
+    """Print every diagnostic as `file:line: message` (never wrapped) and say what did not happen."""
+    for d in exc.diagnostics:
+        print(clean(d), file=sys.stderr)  # never wrapped: file:line: message
+    err.print(f"rejected: {len(exc.diagnostics)} error(s); {what}", highlight=False)
+    return typer.Exit(2)
+
+
+def installed(ctl: Controller) -> list[Policy]:
+    """The installed policies, or exit 2 naming each stored policy that does not parse (a store
+    written before policies were stored in canonical form may hold one: `delete` or `apply
+    --replace` it)."""
+    try:
+        return ctl.policies()
+    except PolicyError as exc:
+        raise rejected(exc, "the installed policies do not parse (`guestward delete` the broken one, "
+                            "or `apply --replace`)") from None
 
 
 def lab_external() -> IPAddress | None:
@@ -84,7 +106,7 @@ class FlowJudge:
 
     def __init__(self, ctl: Controller) -> None:
         self.inventory = ctl.inventory()
-        self.policies = ctl.policies()
+        self.policies = installed(ctl)
         self.state = compile_state(self.inventory, self.policies)
 
     def decide(self, src: str, dst: str, port: PortRange) -> Decision:
@@ -161,21 +183,42 @@ def register(app: typer.Typer) -> None:
     def apply(
         file: Annotated[Path, typer.Option("-f", "--file", help="policy file or directory")],
         replace: Annotated[bool, typer.Option("--replace", help="the files are the whole policy set")] = False,
+        allow_empty: Annotated[bool, typer.Option("--allow-empty", help="with --replace: files without any "
+                                                  "policy remove every installed policy")] = False,
         config: ConfigOpt = None,
     ) -> None:
         """Validate and install policies (all or nothing); enforce them on every host."""
         ctl = controller(config)
         try:
-            report = ctl.apply(read_sources(file), replace_all=replace)
+            report = ctl.apply(read_sources(file), replace_all=replace, allow_empty=allow_empty)
         except PolicyError as exc:
-            for d in exc.diagnostics:
-                print(clean(d), file=sys.stderr)  # never wrapped: file:line: message
-            err.print(f"rejected: {len(exc.diagnostics)} error(s); nothing was applied", highlight=False)
-            raise typer.Exit(2) from None
+            raise rejected(exc, "nothing was applied") from None
         except FileNotFoundError as exc:
             raise fail(str(exc)) from None
         changed = ", ".join(f"{h}: {n} change(s)" for h, n in sorted(report.commands.items()))
         out.print(line(f"applied {len(report.policies)} policies ({', '.join(report.policies)}); {changed}"))
+        for c in report.conflicts:
+            err.print(line(Own("[yellow]conflict:[/] "), c))
+
+    @app.command()
+    def delete(
+        names: Annotated[list[str], typer.Argument(metavar="POLICY...", help="installed policy names "
+                                                   "(or Policy/NAME)")],
+        config: ConfigOpt = None,
+    ) -> None:
+        """Remove installed policies (all or nothing: an unknown name removes none); enforce what
+        remains on every host."""
+        wanted = [n.split("/", 1)[1] if n.lower().startswith("policy/") else n for n in names]
+        ctl = controller(config)
+        try:
+            report = ctl.delete(wanted)
+        except KeyError as exc:
+            unknown = ", ".join(exc.args[0])
+            raise fail(f"no installed policy named {unknown}; nothing was deleted") from None
+        except PolicyError as exc:
+            raise rejected(exc, "nothing was deleted") from None
+        changed = ", ".join(f"{h}: {n} change(s)" for h, n in sorted(report.commands.items()))
+        out.print(line(f"deleted {len(report.policies)} policies ({', '.join(report.policies)}); {changed}"))
         for c in report.conflicts:
             err.print(line(Own("[yellow]conflict:[/] "), c))
 
@@ -189,7 +232,10 @@ def register(app: typer.Typer) -> None:
         The agent does this on every libvirt event and periodically; without an agent, this is how
         guestward learns of changes the hook does not see (labels, hot-plugged vNICs)."""
         ctl = controller(config)
-        commands = ctl.sync()
+        try:
+            commands = ctl.sync()
+        except PolicyError as exc:
+            raise rejected(exc, "the installed policies do not parse; nothing was enforced") from None
         out.print(line(", ".join(f"{h}: {n} change(s)" for h, n in sorted(commands.items()))
                        or "no hosts enforced"))
         for c in ctl.conflicts:
@@ -218,6 +264,8 @@ def register(app: typer.Typer) -> None:
                 commands = ctl.set_quarantine(guest, quarantine, reason=reason)
         except KeyError:
             raise fail(f"no configured host defines a guest named {guest!r}") from None
+        except PolicyError as exc:
+            raise rejected(exc, "the label was set, but the installed policies do not parse") from None
         except RuntimeError as exc:
             raise fail(str(exc)) from None
         what = f"{key}={value}" if value is not None else f"{key} removed"
@@ -271,7 +319,7 @@ def register(app: typer.Typer) -> None:
         """List the installed policies in evaluation order."""
         ctl = controller(config)
         table = Table("tier", "order", "policy", "rules", "source")
-        for p in sorted(ctl.policies(), key=lambda p: p.sort_key):
+        for p in sorted(installed(ctl), key=lambda p: p.sort_key):
             table.add_row(text(p.tier), str(p.order), text(p.name), str(len(p.rules)), text(f"{p.file}:{p.line}"))
         out.print(table)
 
@@ -345,7 +393,7 @@ def register(app: typer.Typer) -> None:
         """The reachability matrix between running guests, from compiled policy."""
         ctl = controller(config)
         inventory = ctl.inventory()
-        policies = ctl.policies()
+        policies = installed(ctl)
         if ports:
             try:
                 vocab = [parse_port(x) for x in ports.split(",")]

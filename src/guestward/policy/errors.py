@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True, order=True)
@@ -12,7 +15,9 @@ class Diagnostic:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
+        # A file name is the user's (or an attacker's): a newline in it must not forge another line.
+        file = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", self.file)
+        return f"{file}:{self.line}: {self.message}"
 
 
 class PolicyError(Exception):

@@ -2,6 +2,10 @@
 
 Contract: `parse_policies` either returns every policy of the given sources or raises `PolicyError`
 listing every problem as `file:line: message`. It raises nothing else, whatever the input.
+
+Cost is bounded while loading, not after: a source over 8 MiB (counted in UTF-8 bytes) is refused
+before YAML sees it, and the composer stops at the first alias, at the 200 001st node of a file or
+below 64 levels of nesting, so neither time nor memory grows past those caps whatever the input.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from yaml.composer import Composer
+from yaml.reader import Reader
+from yaml.resolver import Resolver
 
 from guestward.model import Expression, Operator, Selector, label_key_error
 from guestward.model.labels import label_value_error
@@ -32,9 +39,11 @@ from guestward.policy.schema import MatchExpressionDoc, PeerDoc, PolicyDoc, Rule
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _RULE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_PORT_RE = re.compile(r"^(tcp|udp)/(\d{1,5})(?:-(\d{1,5}))?$")
-_MAX_SOURCE_BYTES = 8 * 1024 * 1024
+_PORT_RE = re.compile(r"(tcp|udp)/([0-9]{1,5})(?:-([0-9]{1,5}))?", re.ASCII)  # ASCII digits: not `tcp/٤٤٣`
+MAX_SOURCE_BYTES = 8 * 1024 * 1024
 _MAX_NODES = 200_000
+_MAX_DEPTH = 64
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # what YAML counts as the end of a line
 _SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}"
                          for t in ("null", "bool", "int", "float", "str", "timestamp", "binary"))
 
@@ -45,6 +54,81 @@ class _Invalid(Exception):
     def __init__(self, line: int, message: str) -> None:
         self.line = line
         self.message = message
+
+
+class _Refused(Exception):
+    """The composer stopped: an input that would cost more than the caps allow, or an alias."""
+
+    def __init__(self, mark: Any, message: str) -> None:
+        self.line = mark.line + 1 if mark is not None else 1
+        self.message = message
+
+
+try:  # libyaml scans ten times faster than PyYAML's Python scanner; the composer stays Python (bounded)
+    from yaml._yaml import CParser as _Parser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    from yaml.parser import Parser as _Parser  # type: ignore[assignment]
+
+
+class _BoundedLoader(_Parser, Composer, Resolver):  # type: ignore[misc]
+    """A safe composer (YAML 1.1 resolution, no constructor: values are built by `_Located`) that
+    counts every node as it is composed, so a hostile file is refused after at most `_MAX_NODES`
+    nodes instead of after all of them, and refuses every alias before it is followed."""
+
+    def __init__(self, stream: str) -> None:
+        if _Parser.__module__ == "yaml.parser":  # pragma: no cover - the pure-Python parser needs its own reader
+            yaml.reader.Reader.__init__(self, stream)  # type: ignore[arg-type]
+            yaml.scanner.Scanner.__init__(self)  # type: ignore[arg-type]
+        _Parser.__init__(self, stream)
+        Composer.__init__(self)
+        Resolver.__init__(self)
+        self.nodes = 0
+        self.depth = 0
+
+    check_node = Composer.check_node
+    get_node = Composer.get_node
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: Any = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):  # one alias can stand for a whole tree: billion laughs
+            anchored = self.anchors.get(event.anchor)
+            alias_line = event.start_mark.line + 1 if event.start_mark is not None else 1
+            where = f" (alias *{event.anchor} at line {alias_line})"
+            raise _Refused(anchored.start_mark if anchored is not None else event.start_mark,
+                           "anchors and aliases are not supported" + where)
+        self.nodes += 1
+        if self.nodes > _MAX_NODES:
+            raise _Refused(event.start_mark, f"too many YAML nodes (more than {_MAX_NODES} in one file)")
+        if self.depth >= _MAX_DEPTH:
+            raise _Refused(event.start_mark, f"document nested too deeply (more than {_MAX_DEPTH} levels)")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _compose_all(text: str) -> list[yaml.Node | None]:
+    loader = _BoundedLoader(text)
+    nodes = []
+    while loader.check_node():
+        nodes.append(loader.get_node())
+    return nodes
+
+
+def _line_at(text: str, index: int) -> int:
+    """The 1-based YAML line of character `index` of `text`."""
+    return len(_LINE_BREAK.findall(text, 0, max(0, min(index, len(text))))) + 1
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    """The character at 0-based `line` and `column` of `text` (empty when out of range)."""
+    start = 0
+    for n, m in enumerate(_LINE_BREAK.finditer(text)):
+        if n == line:
+            break
+        start = m.end()
+    return text[start + column:start + column + 1]
 
 
 class _Located:
@@ -104,10 +188,10 @@ def parse_port(text: str) -> PortRange:
     """Parse one port spec (POLICY.md 2.2). Raises ValueError with a readable message."""
     if not isinstance(text, str):
         raise ValueError(f"port {text!r} must be a string such as tcp/443, udp/53, icmp or any")
-    t = text.strip().lower()
+    t = text.strip(" \t").lower()
     if t in ("icmp", "icmpv6", "any"):
         return PortRange(t)
-    m = _PORT_RE.match(t)
+    m = _PORT_RE.fullmatch(t)
     if not m:
         raise ValueError(f"invalid port {text!r}: expected tcp/PORT, tcp/FIRST-LAST, udp/..., icmp, icmpv6 or any")
     first = int(m.group(2))
@@ -240,15 +324,29 @@ def parse_policies(sources: Iterable[tuple[str, str]]) -> list[Policy]:
     diagnostics: list[Diagnostic] = []
     policies: list[Policy] = []
     for file, text in sources:
-        if not isinstance(text, str) or len(text) > _MAX_SOURCE_BYTES:
-            diagnostics.append(Diagnostic(file, 1, "not a text file or larger than 8 MiB"))
+        if not isinstance(text, str):
+            diagnostics.append(Diagnostic(file, 1, "not a text file"))
+            continue
+        if len(text) > MAX_SOURCE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
+            diagnostics.append(Diagnostic(file, 1, f"larger than {MAX_SOURCE_BYTES // 1024 // 1024} MiB"))
             continue
         try:
-            nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+            nodes = _compose_all(text)
+        except _Refused as exc:
+            diagnostics.append(Diagnostic(file, exc.line, exc.message))
+            continue
+        except yaml.reader.ReaderError:  # a NUL or another character YAML does not allow: found here, so
+            bad = Reader.NON_PRINTABLE.search(text)  # its line does not depend on how the parser counts
+            where, what = (_line_at(text, bad.start()), f"character {bad.group()!r}") if bad else (1, "a character")
+            diagnostics.append(Diagnostic(file, where, f"invalid YAML: {what} is not allowed in YAML"))
+            continue
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 1
-            message = f"invalid YAML: {exc.problem or exc.context}"
+            problem = exc.problem or exc.context or "unknown error"
+            if mark and problem.startswith("found character that"):  # libyaml does not say which one
+                problem = problem.replace("character", f"character {_char_at(text, mark.line, mark.column)!r}", 1)
+            message = f"invalid YAML: {problem}"
             if exc.context and exc.context_mark and exc.problem_mark and exc.context_mark.line != exc.problem_mark.line:
                 message += f" ({exc.context} at line {exc.context_mark.line + 1})"
             diagnostics.append(Diagnostic(file, line, message))

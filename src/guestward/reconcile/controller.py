@@ -5,10 +5,14 @@ Contract of `apply`: the new policy set is validated (whole) and compiled before
 enforced; if enforcing fails on any host, the hosts already changed are put back to the previous
 plan, the store is not changed, and the error is raised. Nothing of a bad change sticks.
 
-Every change runs under the enforcement lock (shared with the agent and the libvirt hook) and ends by
-storing the inventory it enforced: that snapshot is what the hook compiles from when a guest starts
-or arrives while no agent runs. libvirt is never called while the lock is held: libvirtd may be
-waiting on a hook that waits on the lock. So the inventory is read first, and a guest the hook
+`delete` is all or nothing the same way; an unknown name changes nothing.
+
+Every command that changes the store or the tables (apply, delete, set_label, sync) runs whole under
+the writer lock (store/lock.py), so concurrent commands serialise. Its enforcing runs under the
+enforcement lock (shared with the agent and the libvirt hook) and ends by storing the inventory it
+enforced: that snapshot is what the hook compiles from when a guest starts or arrives while no agent
+runs. libvirt is never called while the enforcement lock is held: libvirtd may be waiting on a hook
+that waits on it. So the inventory is read first, and a guest the hook
 rewrote in the snapshot meanwhile keeps the hook's version (it is newer than what was read).
 
 `enforced` remembers, per host, the plan this process last made the host hold and the generation
@@ -28,7 +32,6 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from guestward.compile import CompiledState, HostPlan, compile_state
 from guestward.dataplane.denied import owners
@@ -38,11 +41,13 @@ from guestward.hypervisor import domains
 from guestward.hypervisor.errors import HypervisorError
 from guestward.hypervisor.inventory import merge_copies, read_copies, running_twice
 from guestward.model import QUARANTINE_LABEL, Guest, Inventory
-from guestward.policy import Policy, parse_policies
+from guestward.policy import Diagnostic, Policy, PolicyError, parse_policies
+from guestward.policy.canonical import dump
 from guestward.reconcile.admission import admitted, inventory_findings
 from guestward.reconcile.hook import snapshot_plan
+from guestward.reconcile.sources import read_sources
 from guestward.store.config import Config
-from guestward.store.lock import enforcement_lock
+from guestward.store.lock import enforcement_lock, writer_lock
 from guestward.store.sqlite import Finding, Store, StoredPolicy
 
 log = logging.getLogger(__name__)
@@ -55,21 +60,7 @@ class ApplyReport:
     conflicts: list[str]
 
 
-def read_sources(path: Path) -> list[tuple[str, str]]:
-    """A policy file, or every *.yaml / *.yml file of a directory (sorted), as (name, text)."""
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-        if not files:
-            raise FileNotFoundError(f"{path}: no *.yaml or *.yml files (nothing would be applied)")
-    else:
-        files = [path]
-    out = []
-    for f in files:
-        try:
-            out.append((str(f), f.read_text(errors="replace")))
-        except OSError as exc:
-            raise FileNotFoundError(f"{f}: {exc.strerror}") from None
-    return out
+__all__ = ["ApplyReport", "Controller", "read_sources"]
 
 
 class Controller:
@@ -89,7 +80,8 @@ class Controller:
     # -- reading ---------------------------------------------------------------------------------
 
     def policies(self) -> list[Policy]:
-        return parse_policies(self.store.policy_sources())
+        """The installed policies. Raises PolicyError naming a stored policy that does not parse."""
+        return self.store.load_policies()
 
     def inventory(self, starting: Iterable[str] = ()) -> Inventory:
         """Every guest on every configured host, one per uuid (see `merge_copies`); guests named in
@@ -142,6 +134,10 @@ class Controller:
         """Enforce the stored policies on the current inventory, on every host it can; returns the
         number of nft commands each enforced host needed (0: it already held the right state). A host
         that failed is not in the result but in `failed` (host -> error): it never stops the others."""
+        with writer_lock(self.config.state_dir):
+            return self._sync(starting)
+
+    def _sync(self, starting: Iterable[str]) -> dict[str, int]:
         read_at = self.store.tick()
         read = self.inventory(starting)
         with enforcement_lock(self.config.state_dir) as generation:
@@ -241,11 +237,12 @@ class Controller:
     def set_label(self, guest: str, key: str, value: str | None, reason: str | None = None) -> dict[str, int]:
         """Set or remove a label on every definition of `guest` (any host), then enforce.
         Raises KeyError when no configured host defines the guest."""
-        found = [h.name for h in self.config.hosts if domains.set_label(h.uri, guest, key, value)]
-        if not found:
-            raise KeyError(guest)
-        self.store.record("label", guest, key=key, value=value, hosts=found, reason=reason)
-        return self.sync()  # a guest that became quarantined has its open connections cut there
+        with writer_lock(self.config.state_dir):
+            found = [h.name for h in self.config.hosts if domains.set_label(h.uri, guest, key, value)]
+            if not found:
+                raise KeyError(guest)
+            self.store.record("label", guest, key=key, value=value, hosts=found, reason=reason)
+            return self.sync()  # a guest that became quarantined has its open connections cut there
 
     def set_quarantine(self, guest: str, on: bool, reason: str | None = None) -> dict[str, int]:
         """Quarantine `guest` (or release it) in guestward's store, the source of truth, then mirror it
@@ -269,21 +266,78 @@ class Controller:
         for h in sorted(self.local_hosts - set(self.failed)):
             self.enforcer(h).forget_connections(addresses)
 
-    def apply(self, sources: list[tuple[str, str]], *, replace_all: bool = False,
+    def apply(self, sources: list[tuple[str, str]], *, replace_all: bool = False, allow_empty: bool = False,
               starting: Iterable[str] = ()) -> ApplyReport:
+        """Validate `sources` whole and install them (see the module's contract). Raises PolicyError,
+        and changes nothing, when they are invalid, when a policy's stored form would not parse
+        again identically, or when they hold no policy and `allow_empty` is not given (with
+        `replace_all`, that would silently remove every installed policy)."""
         new = parse_policies(sources)  # raises PolicyError: nothing changed
-        read_at = self.store.tick()
-        read = self.inventory(starting)
-        with enforcement_lock(self.config.state_dir) as generation:
-            return self._apply(new, self._newer_from_hook(read, read_at), read_at, generation, replace_all=replace_all)
+        if not new and not allow_empty:
+            what = ("`apply --replace` would remove every installed policy (--allow-empty to mean it)"
+                    if replace_all else "nothing to apply")
+            raise PolicyError([Diagnostic(f, 1, f"no policy documents: {what}") for f, _ in sources]
+                              or [Diagnostic("-", 1, f"no policy documents: {what}")])
+        stored = []
+        for p in new:
+            try:
+                stored.append(StoredPolicy.of(dump(p)))
+            except ValueError as exc:
+                raise PolicyError([Diagnostic(p.file, p.line, str(exc))]) from None
+        with writer_lock(self.config.state_dir):
+            current = self._installed(without={p.name for p in new}, replace_all=replace_all)
+            read_at = self.store.tick()
+            read = self.inventory(starting)
+            with enforcement_lock(self.config.state_dir) as generation:
+                inventory = self._newer_from_hook(read, read_at)
+                previous = compile_state(inventory, current if not replace_all else self._rollback_policies())
+                merged = {**{p.name: p for p in current}, **{p.name: p for p in new}}
+                desired = compile_state(inventory, list(merged.values()))
+                commands = self._enforce_all(desired, previous, generation)
+                self._cut_denied(inventory, desired, list(merged.values()))
+                self.store.put_guests(list(inventory.guests), read_at)
+                self.store.put_policies(stored, replace_all=replace_all)
+            self.store.record("apply", ",".join(sorted(p.name for p in new)), commands=commands)
+            return ApplyReport(sorted(p.name for p in new), commands, [str(c) for c in desired.conflicts])
 
-    def _apply(self, new: list[Policy], inventory: Inventory, read_at: int, generation: int, *,
-               replace_all: bool) -> ApplyReport:
-        current = {p.name: p for p in self.policies()} if not replace_all else {}
-        merged = {**current, **{p.name: p for p in new}}
-        policies = list(merged.values())
-        previous = compile_state(inventory, list(current.values()) if not replace_all else self.policies())
-        desired = compile_state(inventory, policies)
+    def delete(self, names: list[str], *, starting: Iterable[str] = ()) -> ApplyReport:
+        """Remove the named policies and enforce what remains on every host, all or nothing: KeyError
+        (the unknown names) when one is not installed, and then nothing changes. A stored policy that
+        no longer parses can be deleted (only the remaining ones are parsed)."""
+        gone = frozenset(names)
+        with writer_lock(self.config.state_dir):
+            if missing := sorted(gone - {p.name for p in self.store.policies()}):
+                raise KeyError(missing)
+            remaining = self.store.load_policies(without=gone)
+            read_at = self.store.tick()
+            read = self.inventory(starting)
+            with enforcement_lock(self.config.state_dir) as generation:
+                inventory = self._newer_from_hook(read, read_at)
+                previous = compile_state(inventory, self._rollback_policies())
+                desired = compile_state(inventory, remaining)
+                commands = self._enforce_all(desired, previous, generation)
+                self._cut_denied(inventory, desired, remaining)
+                self.store.put_guests(list(inventory.guests), read_at)
+                self.store.delete_policies(sorted(gone))
+            self.store.record("delete", ",".join(sorted(gone)), commands=commands)
+            return ApplyReport(sorted(gone), commands, [str(c) for c in desired.conflicts])
+
+    def _installed(self, *, without: set[str], replace_all: bool) -> list[Policy]:
+        """The installed policies that stay beside new ones (none with `replace_all`; a stored policy
+        that a new one replaces is not parsed, so a broken one can be replaced)."""
+        return [] if replace_all else self.store.load_policies(without=frozenset(without))
+
+    def _rollback_policies(self) -> list[Policy]:
+        """What a failed change rolls back to: the installed policies, or none (every guest denied:
+        fail closed) when the store holds one that does not parse."""
+        try:
+            return self.store.load_policies()
+        except PolicyError as exc:
+            log.warning("installed policies do not parse; a rollback would deny everything: %s", exc)
+            return []
+
+    def _enforce_all(self, desired: CompiledState, previous: CompiledState, generation: int) -> dict[str, int]:
+        """Enforce `desired` on every local host; if one fails, put the hosts done back to `previous`."""
         done: list[str] = []
         commands: dict[str, int] = {}
         try:
@@ -299,9 +353,4 @@ class Controller:
                 except Exception as exc:  # keep rolling back the others
                     log.error("rollback on %s failed: %s", host, exc)
             raise
-        self._cut_denied(inventory, desired, policies)
-        self.store.put_guests(list(inventory.guests), read_at)
-        self.store.put_policies([StoredPolicy(p.name, p.file, p.line, p.source) for p in new],
-                                replace_all=replace_all)
-        self.store.record("apply", ",".join(sorted(p.name for p in new)), commands=commands)
-        return ApplyReport(sorted(p.name for p in new), commands, [str(c) for c in desired.conflicts])
+        return commands

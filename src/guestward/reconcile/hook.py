@@ -48,7 +48,6 @@ from guestward.enforce import Enforcer, NftRunner
 from guestward.enforce.unbind import Footprint, bound_as, foreign_on_own_ports, unbind, unbind_commands
 from guestward.hypervisor.domain_xml import MAX_XML_BYTES, guest_from_xml, unallowed_bypass
 from guestward.model import Guest, Inventory
-from guestward.policy import parse_policies
 from guestward.reconcile.admission import admitted
 from guestward.store.config import Config, load_config
 from guestward.store.lock import LockTimeout, enforcement_lock
@@ -92,7 +91,7 @@ def left(snapshot: Guest, host: str) -> Guest:
 def snapshot_plan(config: Config, store: Store, guests: list[Guest], host: str) -> HostPlan:
     """`host`'s plan for an inventory snapshot and the stored policies (no libvirt call)."""
     inventory = Inventory(tuple(h.host() for h in config.hosts), tuple(guests))
-    return compile_state(inventory, parse_policies(store.policy_sources())).hosts[host]
+    return compile_state(inventory, store.load_policies()).hosts[host]
 
 
 def run(config: Config, host: str, op: str, subop: str, xml: str, runner: NftRunner | None = None) -> int:

@@ -3,12 +3,21 @@ the libvirt hook compiles from while the agent is down), an event log, the drop 
 bounded: the oldest beyond a cap are pruned in the same transaction that adds new ones).
 
 Every write is one SQLite transaction: a policy change is stored whole or not at all.
+
+Policies are stored in their canonical form (`policy/canonical.py`), with their origin (file, line,
+each rule's line) as data: what is stored parses again identically, whatever the user's file leaned
+on. Rows of an earlier layout (a slice of the user's file, `rule_lines` NULL) are still read.
+
+The database holds inspection reports (users, keys, cron lines) and flows: it is made 0600 and its
+directory 0700 when created, and a database file not owned by this user is refused.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +28,8 @@ from typing import Any
 
 from guestward.dataplane.flowlog import FlowRecord
 from guestward.model import Guest, Interface, Labels
+from guestward.policy import Policy, PolicyError, parse_policies
+from guestward.policy.canonical import Canonical, load
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS policy (
@@ -26,7 +37,8 @@ CREATE TABLE IF NOT EXISTS policy (
     file TEXT NOT NULL,
     line INTEGER NOT NULL,
     source TEXT NOT NULL,
-    applied_at REAL NOT NULL
+    applied_at REAL NOT NULL,
+    rule_lines TEXT
 );
 CREATE TABLE IF NOT EXISTS revision (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
 INSERT OR IGNORE INTO revision VALUES (1, 0);
@@ -89,6 +101,10 @@ FLOW_COLUMNS = ("at", "host", "guest", "direction", "verdict", "reason", "chain"
                 "dst", "dport", "tcpflags", "port", "lost", "mac")
 
 
+class StoreError(Exception):
+    pass
+
+
 @dataclass(frozen=True)
 class Finding:
     """Something a sync found wrong in its inputs, current until a sync no longer finds it.
@@ -105,19 +121,70 @@ class Finding:
 
 @dataclass(frozen=True)
 class StoredPolicy:
+    """A stored policy: `source` is its canonical text and `rule_lines` its rules' lines in `file`;
+    `rule_lines` None: a row of the earlier layout, whose `source` is the slice of `file` at `line`."""
+
     name: str
     file: str
     line: int
     source: str
+    rule_lines: tuple[int, ...] | None = None
+
+    @staticmethod
+    def of(c: Canonical) -> StoredPolicy:
+        return StoredPolicy(c.name, c.file, c.line, c.text, c.rule_lines)
 
     def padded_source(self) -> str:
         """The document text preceded by blank lines, so re-parsing reports the original line numbers."""
         return "\n" * (self.line - 1) + self.source
 
 
+def load_policies(stored: list[StoredPolicy]) -> list[Policy]:
+    """The policies of stored rows. Raises PolicyError (every problem, `file:line: message`)."""
+    canonical = [Canonical(p.name, p.file, p.line, p.source, p.rule_lines) for p in stored if p.rule_lines is not None]
+    legacy = [(p.file, p.padded_source()) for p in stored if p.rule_lines is None]
+    diagnostics = []
+    policies: list[Policy] = []
+    for parse in (lambda: load(canonical), lambda: parse_policies(legacy)):
+        try:
+            policies.extend(parse())
+        except PolicyError as exc:
+            diagnostics.extend(exc.diagnostics)
+    if diagnostics:
+        raise PolicyError(diagnostics)
+    return sorted(policies, key=lambda p: p.name)
+
+
+def _private(path: Path) -> None:
+    """Make the database file (and its directory, when new) private to this user: 0600 / 0700.
+
+    The file is never opened here once it exists: closing any descriptor of a database file drops
+    every POSIX lock this process holds on it, those of its other SQLite connections included (the
+    agent has several), and SQLite's isolation with them. So only a new file is created (O_EXCL, so
+    no connection can have it open), and an existing one is checked and tightened by its path."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"{path}: {exc.strerror}") from None
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            st = f.lstat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise StoreError(f"{f}: not a regular file owned by uid {os.geteuid()}: refused")
+        if stat.S_IMODE(st.st_mode) != 0o600:  # an earlier store was 0644; SQLite gives -wal/-shm its mode
+            os.chmod(f, 0o600)
+
+
 class Store:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private(path)
         self.path = path
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -127,6 +194,8 @@ class Store:
         self._db.executescript(SCHEMA)
         if "mac" not in {r[1] for r in self._db.execute("PRAGMA table_info(flow)")}:  # an earlier layout
             self._db.execute("ALTER TABLE flow ADD COLUMN mac TEXT")
+        if "rule_lines" not in {r[1] for r in self._db.execute("PRAGMA table_info(policy)")}:
+            self._db.execute("ALTER TABLE policy ADD COLUMN rule_lines TEXT")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -139,12 +208,15 @@ class Store:
         self._db.execute("COMMIT")
 
     def policies(self) -> list[StoredPolicy]:
-        rows = self._db.execute("SELECT name, file, line, source FROM policy ORDER BY name").fetchall()
-        return [StoredPolicy(*r) for r in rows]
+        rows = self._db.execute("SELECT name, file, line, source, rule_lines FROM policy ORDER BY name").fetchall()
+        return [StoredPolicy(*r[:4], None if r[4] is None else tuple(json.loads(r[4]))) for r in rows]
 
-    def policy_sources(self) -> list[tuple[str, str]]:
-        """(file, text) of every stored policy, padded so that parsing reports the original lines."""
-        return [(p.file, p.padded_source()) for p in self.policies()]
+    def load_policies(self, *, without: frozenset[str] = frozenset()) -> list[Policy]:
+        """Every stored policy but those named in `without`, parsed. Raises PolicyError."""
+        return load_policies([p for p in self.policies() if p.name not in without])
+
+    def revision(self) -> int:
+        return int(self._db.execute("SELECT value FROM revision").fetchone()[0])
 
     def put_policies(self, policies: list[StoredPolicy], *, replace_all: bool = False) -> int:
         """Upsert policies by name (or replace the whole set) in one transaction. Returns the revision."""
@@ -153,17 +225,25 @@ class Store:
                 db.execute("DELETE FROM policy")
             now = time.time()
             db.executemany(
-                "INSERT INTO policy VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-                "file=excluded.file, line=excluded.line, source=excluded.source, applied_at=excluded.applied_at",
-                [(p.name, p.file, p.line, p.source, now) for p in policies],
+                "INSERT INTO policy VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "file=excluded.file, line=excluded.line, source=excluded.source, applied_at=excluded.applied_at, "
+                "rule_lines=excluded.rule_lines",
+                [(p.name, p.file, p.line, p.source, now, None if p.rule_lines is None else json.dumps(p.rule_lines))
+                 for p in policies],
             )
             db.execute("UPDATE revision SET value = value + 1")
             return int(db.execute("SELECT value FROM revision").fetchone()[0])
 
-    def delete_policies(self, names: list[str]) -> None:
+    def delete_policies(self, names: list[str]) -> int:
+        """Remove the named policies, all or nothing: KeyError (the unknown names, sorted) when one of
+        them is not stored, and then nothing is removed. Returns the revision."""
         with self._tx() as db:
-            db.executemany("DELETE FROM policy WHERE name = ?", [(n,) for n in names])
+            known = {r[0] for r in db.execute("SELECT name FROM policy")}
+            if missing := sorted(set(names) - known):
+                raise KeyError(missing)
+            db.executemany("DELETE FROM policy WHERE name = ?", [(n,) for n in sorted(set(names))])
             db.execute("UPDATE revision SET value = value + 1")
+            return int(db.execute("SELECT value FROM revision").fetchone()[0])
 
     # -- the last enforced inventory ------------------------------------------------------------
 
