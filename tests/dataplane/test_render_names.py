@@ -32,8 +32,8 @@ def strings(x: object) -> set[str]:
     """Every string in a JSON-like value (the names nft would read)."""
     if isinstance(x, str):
         return {x}
-    if isinstance(x, dict):
-        return {s for k, v in x.items() for s in (strings(k) | strings(v))}
+    if isinstance(x, dict):  # a match's operator ("==", "!=", ...) is nft syntax, not a name
+        return {s for k, v in x.items() if k != "op" for s in (strings(k) | strings(v))}
     if isinstance(x, list | tuple | set | frozenset):
         return {s for v in x for s in strings(v)}
     return set()

@@ -75,7 +75,7 @@ def test_an_xml_naming_an_uplink_or_another_guests_tap_never_unbinds_the_uplink(
     enforcer.sync(plan_of([w]))
     unbind(enforcer, Footprint(frozenset({UPLINK}), frozenset(), frozenset()))
     objects, _ = enforcer.read()
-    assert objects.elements[("bridge", "ports-in")][UPLINK] == "accept"
+    assert objects.elements[("bridge", "ports-in")][UPLINK] == "goto:uplink-guard"
 
 
 class Interleaving(NftRunner):

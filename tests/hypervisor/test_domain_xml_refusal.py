@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestward.hypervisor.domain_xml import NS, guest_from_xml, parse_metadata, unallowed_bypass
+from guestward.hypervisor.domain_xml import MAX_VNICS, NS, guest_from_xml, parse_metadata, unallowed_bypass
 from guestward.model import Labels
 from guestward.model.ifname import is_plain_ifname
 from tests.model.test_ifname import KERNEL_BYTES, hostile_ifnames, kernel_ifnames
@@ -159,6 +159,18 @@ def test_a_huge_hostile_document_is_refused_in_bounded_time_and_memory() -> None
     r = subprocess.run([sys.executable, "-c", BIG], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     size, seconds, refusal_len, nics, _rss = (float(x) for x in r.stdout.split())
-    assert size > 3_000_000 and nics == 20000
+    assert size > 3_000_000 and nics == 0  # over MAX_VNICS: refused whole, no vNIC parsed
     assert refusal_len < 1300 and seconds < 10, r.stdout
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("count", [MAX_VNICS, MAX_VNICS + 1, 20_000])
+def test_a_guest_with_more_vnics_than_guestward_binds_is_refused_whole(count: int) -> None:
+    nics = "".join(f"<interface type='bridge'><mac address='52:54:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:"
+                   f"{i & 255:02x}'/><target dev='v{i}'/></interface>" for i in range(count))
+    g = guest_from_xml(doc(nics), "h1", True)
+    if count <= MAX_VNICS:
+        assert g.refusal is None and len(g.interfaces) == count
+    else:
+        assert g.refusal == f"{count} vNICs: more than the {MAX_VNICS} guestward binds for one guest"
+        assert g.interfaces == ()

@@ -151,7 +151,7 @@ def test_sync_and_status_commands_report_each_problem(world: tuple[Config, Path]
     assert hosts["hv3"]["reachable"] is True and hosts["hv3"]["enforced"] is None and hosts["hv3"]["enforce_error"]
     guests = {g["name"]: g for g in report["guests"]}
     assert guests["web1"]["refusal"] is None and guests["web1"]["vnics"] == [
-        {"mac": "52:54:00:00:00:01", "port": "tap1", "addresses": ["10.0.0.1"], "bound": True}]
+        {"mac": "52:54:00:00:00:01", "port": "tap1", "addresses": ["10.0.0.1"], "refused": [], "bound": True}]
     assert guests["evil-star"]["vnics"][0]["port"] is None and not guests["evil-star"]["vnics"][0]["bound"]
     assert "port name '*'" in guests["evil-star"]["refusal"] and guests["evil-star"]["state"] == "running"
     assert "bypasses the bridge" in guests["mvt"]["refusal"] and guests["mvt-ok"]["refusal"] is None

@@ -6,7 +6,9 @@ and receive); a port with no element there is dropped by the base chains (`unkno
 closed`). So taking a guest off a host needs no snapshot and no compile: delete the elements naming
 its ports, and those of the ports that carry its MACs (the tap may have been renamed since it was
 bound), then the identity dispatch (`eg4/in4/eg6/in6`) of its addresses once no remaining port binds
-them. Uplinks (`ports-in` verdict `accept`) are never touched, whatever a domain XML names.
+them, and the uplink guard's `own4/own6` elements (its addresses, its MACs' link-local ones) once
+no remaining port contributes them. Uplinks (`ports-in` verdict `goto:uplink-guard`) are never
+touched, whatever a domain XML names.
 
 Interleaving with a full diff (`Enforcer.sync`, which holds the enforcement lock): the unbind reads
 our tables and deletes what it found in one transaction; it takes no lock, so it can run while a
@@ -28,17 +30,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from ipaddress import ip_address
 from typing import Any
 
 from guestward.compile.plan import identity_id
 from guestward.dataplane import NftObjects, diff_objects
 from guestward.dataplane.objects import NftSet
-from guestward.dataplane.render import Settings, skeleton
+from guestward.dataplane.render import Settings, link_local, skeleton
 from guestward.enforce.enforcer import EnforceError, Enforcer
 from guestward.model import Guest
 
 BR, INET = "bridge", "inet"
-PORT_SETS = ("ports-in", "ports-out", "macs", "bind4", "bind6", "dst4", "dst6")  # first field: the port
+PORT_SETS = ("ports-in", "ports-out", "macs", "bind4", "bind6", "dst4", "dst6", "nd-ports")  # first field: the port
+OWN_SETS = ("own4", "own6")  # the addresses of local-only guests (and their link-local ones) uplinks may not bring
+UPLINK_VERDICTS = ("accept", "goto:uplink-guard")
 BIND_SETS = ("bind4", "bind6")  # (port, mac, address)
 DST_SETS = ("dst4", "dst6")  # (port, address)
 DISPATCH = ("eg4", "in4", "eg6", "in6")  # address -> the identity's chain
@@ -66,7 +71,7 @@ def _items(objects: NftObjects, name: str) -> Iterable[Any]:
 
 def uplinks(objects: NftObjects) -> set[str]:
     ports = objects.elements.get((BR, "ports-in"), {})
-    return {str(k) for k, v in ports.items() if v == "accept"} if isinstance(ports, dict) else set()
+    return {str(k) for k, v in ports.items() if v in UPLINK_VERDICTS} if isinstance(ports, dict) else set()
 
 
 def _port(item: Any) -> str:
@@ -90,11 +95,28 @@ def stale(objects: NftObjects, fp: Footprint) -> NftObjects:
             items = objects.elements[(family, name)]
             _copy(out, s, items, lambda i: _port(i) in ports)
     still_bound = {i[2] for n in BIND_SETS for i in _items(objects, n) if isinstance(i, tuple) and i[0] not in ports}
+    # own4/own6 are keyed by address alone: an element stays while a port that is not cleared binds it
+    macs_of = {(_port(i), str(i[1]).lower()) for i in _items(objects, "macs") if isinstance(i, tuple)}
+    on_cleared = {_addr(i[2]) for n in BIND_SETS for i in _items(objects, n) if isinstance(i, tuple) and i[0] in ports}
+    cleared_own = set(fp.addresses) | on_cleared | {str(link_local(m)) for p, m in macs_of if p in ports}
+    kept_own = {_addr(a) for a in still_bound} | {str(link_local(m)) for p, m in macs_of if p not in ports}
+    for (family, name), s in objects.sets.items():
+        if family == BR and name in OWN_SETS:
+            _copy(out, s, objects.elements[(family, name)],
+                  lambda i: _addr(i) in cleared_own and _addr(i) not in kept_own)
     for (family, name), s in objects.sets.items():
         if family == INET and name in DISPATCH:
             _copy(out, s, objects.elements[(family, name)],
                   lambda i: str(i) in fp.addresses and str(i) not in still_bound)
     return out
+
+
+def _addr(item: Any) -> str:
+    """An address element in the canonical text `str(ip_address)` gives (a read-back may not be)."""
+    try:
+        return str(ip_address(str(item)))
+    except ValueError:
+        return str(item)
 
 
 def _copy(out: NftObjects, s: NftSet, items: Any, keep: Any) -> None:

@@ -30,6 +30,7 @@ from guestward.model.labels import label_value_error
 
 NS = "https://guestward.dev/xmlns/1"
 MAX_XML_BYTES = 4 * 1024 * 1024
+MAX_VNICS = 256  # a guest with more is refused (QEMU guests have a few; each costs nft objects)
 # Interface types whose tap libvirt puts on a host bridge, where guestward enforces. Every other type
 # (direct/macvtap, hostdev, vhostuser, vdpa, user, ethernet, the socket tunnels, ...) carries the
 # guest's traffic past the bridge table: guestward cannot enforce policy on it.
@@ -136,7 +137,11 @@ def guest_from_xml(xml: str, host: str, active: bool, bypass_allowed: Collection
     meta = parse_metadata(guest_el)
     problems = [f"malformed guestward metadata: {p}" for p in meta.problems]
     nics = []
-    for iface in root.findall("devices/interface"):
+    interfaces = root.findall("devices/interface")
+    if len(interfaces) > MAX_VNICS:  # each vNIC costs elements and a chain on the host: bounded
+        problems.append(f"{len(interfaces)} vNICs: more than the {MAX_VNICS} guestward binds for one guest")
+        interfaces = []
+    for iface in interfaces:
         mac_el, target_el = iface.find("mac"), iface.find("target")
         if mac_el is None or not mac_el.get("address"):
             continue
