@@ -36,7 +36,7 @@ from typing import Any
 from guestward.compile.plan import identity_id
 from guestward.dataplane import NftObjects, diff_objects
 from guestward.dataplane.objects import NftSet
-from guestward.dataplane.render import Settings, link_local, skeleton
+from guestward.dataplane.render import Settings, link_local, nd_chain_name, skeleton
 from guestward.enforce.enforcer import EnforceError, Enforcer
 from guestward.model import Guest
 
@@ -104,6 +104,10 @@ def stale(objects: NftObjects, fp: Footprint) -> NftObjects:
         if family == BR and name in OWN_SETS:
             _copy(out, s, objects.elements[(family, name)],
                   lambda i: _addr(i) in cleared_own and _addr(i) not in kept_own)
+    # a cleared port's ND chain (named by a hash of the port) goes with its `nd-ports` element
+    for port in ports:
+        if (chain := objects.chains.get((BR, nd_chain_name(port)))) is not None:
+            out.add_chain(chain)
     for (family, name), s in objects.sets.items():
         if family == INET and name in DISPATCH:
             _copy(out, s, objects.elements[(family, name)],
@@ -131,7 +135,8 @@ def _copy(out: NftObjects, s: NftSet, items: Any, keep: Any) -> None:
 
 
 def unbind_commands(objects: NftObjects, fp: Footprint) -> list[dict[str, Any]]:
-    """`delete element` commands for exactly the elements `stale` found (none: an empty list)."""
+    """`delete element` commands for exactly the elements `stale` found, and `delete chain` for the
+    cleared ports' ND chains (none: an empty list)."""
     before = stale(objects, fp)
     after = NftObjects(table=objects.table)
     for s in before.sets.values():
