@@ -115,8 +115,8 @@ def register(app: typer.Typer) -> None:
         for g in guests:
             nics = ", ".join(f"{n['port'] or '-'} {n['mac']}{' bound' if n['bound'] else ''}" for n in g["vnics"])
             refused = [f"address {r['address']} ({r['reason']})" for n in g["vnics"] for r in n["refused"]]
-            state = g["state"] + (", quarantined" if g["quarantined"] else "")
-            table.add_row(escape(g["name"]), escape(g["host"]), state, escape(nics) or "-",
+            shown = g["state"] + (", quarantined" if g["quarantined"] else "")
+            table.add_row(escape(g["name"]), escape(g["host"]), shown, escape(nics) or "-",
                           escape("; ".join(([g["refusal"]] if g["refusal"] else []) + refused) or "-"))
         out.print(table)
         for c in state.conflicts:
