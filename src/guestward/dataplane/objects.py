@@ -17,6 +17,8 @@ from typing import Any
 Key = tuple[str, str]  # (family, name)
 
 
+UPLINK_VERDICTS = ("accept", "goto:uplink-guard")  # an uplink in `ports-in` (before / since the uplink guard)
+
 @dataclass(frozen=True)
 class NftSet:
     family: str
@@ -94,5 +96,9 @@ class NftObjects:
     def bound_ports(self) -> set[str]:
         """Bridge ports with a guest's guard (uplinks, accepted or sent to the uplink guard, are not bound)."""
         ports = self.elements.get(("bridge", "ports-in"), {})
-        uplink = ("accept", "goto:uplink-guard")
-        return {str(k) for k, v in ports.items() if v not in uplink} if isinstance(ports, dict) else set()
+        return {str(k) for k, v in ports.items() if v not in UPLINK_VERDICTS} if isinstance(ports, dict) else set()
+
+    def uplinks(self) -> set[str]:
+        """Bridge ports that are uplinks (`ports-in` accepts them, or sends them to the uplink guard)."""
+        ports = self.elements.get(("bridge", "ports-in"), {})
+        return {str(k) for k, v in ports.items() if v in UPLINK_VERDICTS} if isinstance(ports, dict) else set()

@@ -43,7 +43,6 @@ from guestward.model import Guest
 BR, INET = "bridge", "inet"
 PORT_SETS = ("ports-in", "ports-out", "macs", "bind4", "bind6", "dst4", "dst6", "nd-ports")  # first field: the port
 OWN_SETS = ("own4", "own6")  # the addresses of local-only guests (and their link-local ones) uplinks may not bring
-UPLINK_VERDICTS = ("accept", "goto:uplink-guard")
 BIND_SETS = ("bind4", "bind6")  # (port, mac, address)
 DST_SETS = ("dst4", "dst6")  # (port, address)
 DISPATCH = ("eg4", "in4", "eg6", "in6")  # address -> the identity's chain
@@ -69,11 +68,6 @@ def _items(objects: NftObjects, name: str) -> Iterable[Any]:
     return objects.elements.get((BR, name), set())
 
 
-def uplinks(objects: NftObjects) -> set[str]:
-    ports = objects.elements.get((BR, "ports-in"), {})
-    return {str(k) for k, v in ports.items() if v in UPLINK_VERDICTS} if isinstance(ports, dict) else set()
-
-
 def _port(item: Any) -> str:
     return str(item[0] if isinstance(item, tuple) else item)
 
@@ -83,7 +77,7 @@ def ports_to_clear(objects: NftObjects, fp: Footprint) -> set[str]:
     ports = set(fp.ports)
     for name in ("macs", *BIND_SETS):
         ports |= {_port(i) for i in _items(objects, name) if isinstance(i, tuple) and i[1].lower() in fp.macs}
-    return ports - uplinks(objects)
+    return ports - objects.uplinks()
 
 
 def stale(objects: NftObjects, fp: Footprint) -> NftObjects:
